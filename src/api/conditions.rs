@@ -1,0 +1,123 @@
+//! Condition math shared by every controller: reasons in one place, and a setter that
+//! moves `lastTransitionTime` only when a condition's status flips.
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+pub const READY: &str = "Ready";
+
+/// Condition reasons, CamelCase, used for conditions, Events and metric labels.
+pub mod reason {
+    pub const READY: &str = "Ready";
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    pub const SECRET_KEY_MISSING: &str = "SecretKeyMissing";
+    pub const API_KEY_REJECTED: &str = "ApiKeyRejected";
+    pub const SERVER_UNREACHABLE: &str = "ServerUnreachable";
+    pub const UNSUPPORTED_VERSION: &str = "UnsupportedVersion";
+    pub const UNEXPECTED_RESPONSE: &str = "UnexpectedResponse";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const NOT_IMPLEMENTED: &str = "NotImplemented";
+}
+
+/// The status of a condition, as Kubernetes spells it.
+pub fn status_str(ok: bool) -> &'static str {
+    if ok { "True" } else { "False" }
+}
+
+/// Sets (adds or replaces) the condition of `type_`. `lastTransitionTime` keeps its old
+/// value unless the status changed, so an unchanged world produces an unchanged status.
+pub fn set(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    let status = status_str(ok).to_string();
+    let message = message.into();
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(existing) => {
+            if existing.status != status {
+                existing.last_transition_time = Time(now);
+            }
+            existing.status = status;
+            existing.reason = reason.to_string();
+            existing.message = message;
+            existing.observed_generation = generation;
+        }
+        None => conditions.push(Condition {
+            type_: type_.to_string(),
+            status,
+            reason: reason.to_string(),
+            message,
+            observed_generation: generation,
+            last_transition_time: Time(now),
+        }),
+    }
+}
+
+/// The condition of `type_`, if present.
+pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn transition_time_moves_only_on_flip() {
+        let mut c = Vec::new();
+        set(
+            &mut c,
+            READY,
+            false,
+            "A",
+            "m1",
+            Some(1),
+            ts("2026-01-01T00:00:00Z"),
+        );
+        assert_eq!(c[0].last_transition_time.0, ts("2026-01-01T00:00:00Z"));
+        // Same status, new reason and generation: time stays.
+        set(
+            &mut c,
+            READY,
+            false,
+            "B",
+            "m2",
+            Some(2),
+            ts("2026-01-02T00:00:00Z"),
+        );
+        assert_eq!(c[0].last_transition_time.0, ts("2026-01-01T00:00:00Z"));
+        assert_eq!(c[0].reason, "B");
+        assert_eq!(c[0].observed_generation, Some(2));
+        // Flip: time moves.
+        set(
+            &mut c,
+            READY,
+            true,
+            "Ready",
+            "ok",
+            Some(2),
+            ts("2026-01-03T00:00:00Z"),
+        );
+        assert_eq!(c[0].last_transition_time.0, ts("2026-01-03T00:00:00Z"));
+        assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn separate_types_coexist() {
+        let mut c = Vec::new();
+        let now = ts("2026-01-01T00:00:00Z");
+        set(&mut c, READY, true, "Ready", "", None, now);
+        set(&mut c, "Reconciling", false, "Done", "", None, now);
+        assert_eq!(c.len(), 2);
+        assert!(find(&c, "Reconciling").is_some());
+    }
+}

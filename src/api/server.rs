@@ -1,0 +1,549 @@
+//! `HeadscaleServer`: one Headscale control server, run by the operator (`managed`)
+//! or governed through its API (`external`).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{SecretKeyRef, conditions_schema};
+
+/// Go-style duration with the day and week units Headscale accepts, e.g. `90d`, `1h30m`.
+pub const DURATION_PATTERN: &str = r"^(0|([0-9]+(ms|s|m|h|d|w))+)$";
+
+/// Desired state of a Headscale server. Set exactly one of `managed` or `external`.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "headscale.operator.dev",
+    version = "v1alpha1",
+    kind = "HeadscaleServer",
+    doc = "A Headscale control server, run by the operator (managed) or governed through its API (external).",
+    namespaced,
+    status = "HeadscaleServerStatus",
+    shortname = "hss",
+    category = "headscale",
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".status.mode","description":"Managed or External"}"#,
+    printcolumn = r#"{"name":"Version","type":"string","jsonPath":".status.version","description":"Headscale version the server reports"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Endpoint","type":"string","priority":1,"jsonPath":".status.endpoint"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = Rule::new("has(self.managed) != has(self.external)").message("exactly one of spec.managed or spec.external must be set"))]
+#[serde(rename_all = "camelCase")]
+pub struct HeadscaleServerSpec {
+    /// Run Headscale in this cluster: the operator owns its StatefulSet, Service,
+    /// configuration, keys and upgrades. Mutually exclusive with `external`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<ManagedSpec>,
+
+    /// Govern a Headscale that runs elsewhere through its REST API (policy, nodes,
+    /// keys). The operator deploys nothing and does not upgrade it. Mutually exclusive
+    /// with `managed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalSpec>,
+
+    /// Node lifetime, stale-node pruning and what to do with nodes nobody approved.
+    #[serde(default)]
+    pub nodes: NodesSpec,
+
+    /// Who may enrol which node. Enrollment is closed unless a NodeApproval allows it.
+    #[serde(default)]
+    pub enrollment: EnrollmentSpec,
+
+    /// What the server serves when no AclPolicy names it.
+    #[serde(default)]
+    pub policy: PolicyDefaultsSpec,
+}
+
+/// A Headscale server that runs outside the operator's control.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalSpec {
+    /// Base URL of the server, e.g. `https://headscale.example.com` (the `server_url`
+    /// Headscale is configured with). The REST API is reached under `/api/v1`.
+    #[x_kube(validation = Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != ''").message("external.url must be an absolute http:// or https:// URL, e.g. https://headscale.example.com"))]
+    #[schemars(length(min = 1, max = 2048))]
+    pub url: String,
+
+    /// Secret key holding an admin API key for that server (created with
+    /// `headscale apikeys create`). The key is read at every reconcile and never
+    /// copied anywhere else.
+    pub api_key_secret_ref: SecretKeyRef,
+}
+
+/// A Headscale server run by the operator.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedSpec {
+    /// Headscale release to run, e.g. `0.29.2`. Supported minors: 0.27 to 0.30.
+    #[schemars(regex(pattern = r"^v?0\.(2[7-9]|30)\.[0-9]+$"))]
+    pub version: String,
+
+    /// Container image repository; the tag is the version.
+    #[serde(default = "default_image")]
+    pub image: String,
+
+    /// The URL clients use to reach this server (Headscale's `server_url`).
+    #[x_kube(validation = Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https']").message("serverUrl must be an absolute http:// or https:// URL"))]
+    pub server_url: String,
+
+    /// Where Headscale keeps its state.
+    #[serde(default)]
+    pub database: DatabaseSpec,
+
+    /// Tailnet address ranges.
+    #[serde(default)]
+    pub prefixes: PrefixesSpec,
+
+    /// Relay (DERP) configuration.
+    #[serde(default)]
+    pub derp: DerpSpec,
+
+    /// OpenID Connect login for nodes. Unset means no OIDC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oidc: Option<OidcSpec>,
+
+    /// How Headscale logs.
+    #[serde(default)]
+    pub logging: LoggingSpec,
+
+    /// Upgrade policy.
+    #[serde(default)]
+    pub upgrades: UpgradesSpec,
+
+    /// The operator's own API key for this server.
+    #[serde(default)]
+    pub api_key: ApiKeySpec,
+
+    /// Pod-level overrides.
+    #[serde(default)]
+    pub pod: PodSpecOverrides,
+}
+
+fn default_image() -> String {
+    "docker.io/headscale/headscale".to_string()
+}
+
+/// Database backend.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.type != 'Postgres' || has(self.postgres)").message("database.postgres must be set when database.type is Postgres"))]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSpec {
+    /// `Sqlite` (recommended by Headscale) or `Postgres`.
+    #[serde(default, rename = "type")]
+    pub type_: DatabaseType,
+    /// SQLite volume.
+    #[serde(default)]
+    pub sqlite: SqliteSpec,
+    /// Postgres connection; required when `type` is `Postgres`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresSpec>,
+}
+
+impl Default for DatabaseSpec {
+    fn default() -> Self {
+        Self {
+            type_: DatabaseType::Sqlite,
+            sqlite: SqliteSpec::default(),
+            postgres: None,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum DatabaseType {
+    #[default]
+    Sqlite,
+    Postgres,
+}
+
+/// Persistent volume for the SQLite database and Headscale's state.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SqliteSpec {
+    /// Size of the volume claim.
+    #[serde(default = "default_storage_size")]
+    pub storage_size: String,
+    /// Storage class of the volume claim; unset uses the cluster default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+impl Default for SqliteSpec {
+    fn default() -> Self {
+        Self {
+            storage_size: default_storage_size(),
+            storage_class_name: None,
+        }
+    }
+}
+
+fn default_storage_size() -> String {
+    "1Gi".to_string()
+}
+
+/// Postgres connection details; the password comes from a Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresSpec {
+    /// Host name or address of the Postgres server.
+    #[schemars(length(min = 1))]
+    pub host: String,
+    /// Port of the Postgres server.
+    #[serde(default = "default_pg_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Database name.
+    #[schemars(length(min = 1))]
+    pub database: String,
+    /// User name.
+    #[schemars(length(min = 1))]
+    pub user: String,
+    /// Secret key with the user's password.
+    pub password_secret_ref: SecretKeyRef,
+    /// libpq sslmode: `disable`, `require`, `verify-ca` or `verify-full`.
+    #[serde(default = "default_ssl_mode")]
+    #[schemars(regex(pattern = r"^(disable|require|verify-ca|verify-full)$"))]
+    pub ssl_mode: String,
+}
+
+fn default_pg_port() -> i32 {
+    5432
+}
+fn default_ssl_mode() -> String {
+    "require".to_string()
+}
+
+/// Tailnet IP ranges; each must lie inside Tailscale's ranges.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrefixesSpec {
+    /// IPv4 range inside 100.64.0.0/10.
+    #[serde(default = "default_v4")]
+    pub v4: String,
+    /// IPv6 range inside fd7a:115c:a1e0::/48.
+    #[serde(default = "default_v6")]
+    pub v6: String,
+    /// `Sequential` or `Random` address allocation.
+    #[serde(default)]
+    pub allocation: Allocation,
+}
+
+impl Default for PrefixesSpec {
+    fn default() -> Self {
+        Self {
+            v4: default_v4(),
+            v6: default_v6(),
+            allocation: Allocation::Sequential,
+        }
+    }
+}
+
+fn default_v4() -> String {
+    "100.64.0.0/10".to_string()
+}
+fn default_v6() -> String {
+    "fd7a:115c:a1e0::/48".to_string()
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum Allocation {
+    #[default]
+    Sequential,
+    Random,
+}
+
+/// Relays. Headscale needs at least one region; nothing is fetched from the
+/// internet unless listed in `urls`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DerpSpec {
+    /// Run Headscale's embedded DERP relay (needs UDP 3478 reachable by clients).
+    #[serde(default)]
+    pub embedded: bool,
+    /// DERP map URLs to fetch, e.g. `https://controlplane.tailscale.com/derpmap/default`.
+    #[serde(default)]
+    pub urls: Vec<String>,
+}
+
+/// OpenID Connect settings for node login.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OidcSpec {
+    /// Issuer URL of the identity provider.
+    pub issuer: String,
+    /// OAuth client id.
+    pub client_id: String,
+    /// Secret key with the OAuth client secret; mounted as a file, never rendered
+    /// into the config.
+    pub client_secret_ref: SecretKeyRef,
+    /// E-mail domains allowed to log in; empty allows all.
+    #[serde(default)]
+    pub allowed_domains: Vec<String>,
+    /// Users (e-mail addresses) allowed to log in; empty allows all.
+    #[serde(default)]
+    pub allowed_users: Vec<String>,
+    /// Groups allowed to log in; empty allows all.
+    #[serde(default)]
+    pub allowed_groups: Vec<String>,
+    /// Use PKCE (S256).
+    #[serde(default = "default_true")]
+    pub pkce: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Headscale's logging.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LoggingSpec {
+    /// Log level: `trace`, `debug`, `info`, `warn` or `error`.
+    #[serde(default = "default_log_level")]
+    #[schemars(regex(pattern = r"^(trace|debug|info|warn|error)$"))]
+    pub level: String,
+    /// `json` (default, for log shipping) or `text`.
+    #[serde(default = "default_log_format")]
+    #[schemars(regex(pattern = r"^(json|text)$"))]
+    pub format: String,
+}
+
+impl Default for LoggingSpec {
+    fn default() -> Self {
+        Self {
+            level: default_log_level(),
+            format: default_log_format(),
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".to_string()
+}
+fn default_log_format() -> String {
+    "json".to_string()
+}
+
+/// How the operator moves the server between Headscale versions.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradesSpec {
+    /// `Manual` (only `version` changes upgrade), `Patch` or `Minor` (follow new
+    /// releases up to that level, one minor at a time).
+    #[serde(default)]
+    pub policy: UpgradePolicy,
+    /// Back up the database before every upgrade.
+    #[serde(default = "default_true")]
+    pub backup: bool,
+}
+
+impl Default for UpgradesSpec {
+    fn default() -> Self {
+        Self {
+            policy: UpgradePolicy::Manual,
+            backup: true,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum UpgradePolicy {
+    #[default]
+    Manual,
+    Patch,
+    Minor,
+}
+
+/// The operator's API key for a managed server.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeySpec {
+    /// Lifetime of each key the operator mints.
+    #[serde(default = "default_key_lifetime")]
+    #[schemars(regex(pattern = r"^(0|([0-9]+(ms|s|m|h|d|w))+)$"))]
+    pub lifetime: String,
+    /// Rotate a key when less than this is left of its lifetime.
+    #[serde(default = "default_key_rotate_before")]
+    #[schemars(regex(pattern = r"^(0|([0-9]+(ms|s|m|h|d|w))+)$"))]
+    pub rotate_before: String,
+}
+
+impl Default for ApiKeySpec {
+    fn default() -> Self {
+        Self {
+            lifetime: default_key_lifetime(),
+            rotate_before: default_key_rotate_before(),
+        }
+    }
+}
+
+fn default_key_lifetime() -> String {
+    "90d".to_string()
+}
+fn default_key_rotate_before() -> String {
+    "30d".to_string()
+}
+
+/// Overrides for the Headscale pod.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpecOverrides {
+    /// Container resources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Node selector.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Extra pod annotations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Node lifetime and audit policy (both modes).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodesSpec {
+    /// A node offline for longer than this is stale.
+    #[serde(default = "default_stale_after")]
+    #[schemars(regex(pattern = r"^(0|([0-9]+(ms|s|m|h|d|w))+)$"))]
+    pub stale_after: String,
+    /// Delete stale nodes (off by default; see `pruneDryRun`).
+    #[serde(default)]
+    pub prune_stale: bool,
+    /// Only report what pruning would delete.
+    #[serde(default = "default_true")]
+    pub prune_dry_run: bool,
+    /// At most this many nodes are pruned per audit run.
+    #[serde(default = "default_prune_max")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub prune_max_per_run: i32,
+    /// What to do with a node no NodeApproval or allowed key accounts for:
+    /// `Report` (status, Event, metric) or `Expire`.
+    #[serde(default)]
+    pub unexpected: UnexpectedNodeAction,
+}
+
+impl Default for NodesSpec {
+    fn default() -> Self {
+        Self {
+            stale_after: default_stale_after(),
+            prune_stale: false,
+            prune_dry_run: true,
+            prune_max_per_run: default_prune_max(),
+            unexpected: UnexpectedNodeAction::Report,
+        }
+    }
+}
+
+fn default_stale_after() -> String {
+    "30d".to_string()
+}
+fn default_prune_max() -> i32 {
+    5
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum UnexpectedNodeAction {
+    #[default]
+    Report,
+    Expire,
+}
+
+/// Enrollment rules every NodeApproval is checked against before anything is done.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnrollmentSpec {
+    /// Users approvals may register nodes as; empty allows any user.
+    #[serde(default)]
+    pub allowed_users: Vec<String>,
+    /// Tags approvals may use (`tag:name`); empty allows any tag.
+    #[serde(default)]
+    pub allowed_tags: Vec<String>,
+    /// Regular expressions a node's hostname must match; empty allows any.
+    #[serde(default)]
+    pub hostname_patterns: Vec<String>,
+    /// Most nodes one user may own; 0 means no limit.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub max_nodes_per_user: i32,
+    /// Longest lifetime of a pre-auth key the operator mints.
+    #[serde(default = "default_max_key_lifetime")]
+    #[schemars(regex(pattern = r"^(0|([0-9]+(ms|s|m|h|d|w))+)$"))]
+    pub max_pre_auth_key_lifetime: String,
+    /// Allow reusable pre-auth keys at all.
+    #[serde(default)]
+    pub allow_reusable_keys: bool,
+}
+
+impl Default for EnrollmentSpec {
+    fn default() -> Self {
+        Self {
+            allowed_users: Vec::new(),
+            allowed_tags: Vec::new(),
+            hostname_patterns: Vec::new(),
+            max_nodes_per_user: 0,
+            max_pre_auth_key_lifetime: default_max_key_lifetime(),
+            allow_reusable_keys: false,
+        }
+    }
+}
+
+fn default_max_key_lifetime() -> String {
+    "24h".to_string()
+}
+
+/// Policy served when no AclPolicy names this server.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyDefaultsSpec {
+    /// `DenyAll` (default) or `AllowAll`.
+    #[serde(default)]
+    pub when_empty: EmptyPolicy,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum EmptyPolicy {
+    #[default]
+    DenyAll,
+    AllowAll,
+}
+
+/// Observed state of a Headscale server.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HeadscaleServerStatus {
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// `Managed` or `External`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Headscale version the server reports at `/version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// URL the operator reaches the server at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+}
+
+impl HeadscaleServer {
+    /// `Managed` or `External`, from the spec.
+    pub fn mode(&self) -> &'static str {
+        if self.spec.external.is_some() {
+            "External"
+        } else {
+            "Managed"
+        }
+    }
+}

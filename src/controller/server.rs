@@ -1,0 +1,647 @@
+//! The server controller. External mode: read the API key, check the server's
+//! version and the key, and report it. Managed mode lands later; until then it is
+//! reported as `NotImplemented`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::Context;
+use super::backoff;
+use crate::api::conditions::{self, reason};
+use crate::api::server::ExternalSpec;
+use crate::api::{HeadscaleServer, HeadscaleServerStatus};
+use crate::headscale;
+use crate::metrics::{Metrics, ServerLabels};
+use crate::secret::SecretString;
+
+pub const CONTROLLER: &str = "server";
+pub const FIELD_MANAGER: &str = "headscale-operator/server";
+const STALLED: &str = "Stalled";
+
+/// Errors of the Kubernetes side of a reconcile. What goes wrong with the user's
+/// input or with Headscale is not an error here: it is an [`Outcome`] in status.
+#[derive(thiserror::Error, Debug)]
+pub enum Error {
+    #[error("reading Secret {name}: {source}")]
+    ReadSecret { name: String, source: kube::Error },
+    #[error("writing status: {0}")]
+    PatchStatus(#[source] kube::Error),
+    #[error("object has no namespace")]
+    MissingNamespace,
+}
+
+impl Error {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::ReadSecret { .. } => "ReadSecret",
+            Error::PatchStatus(_) => "PatchStatus",
+            Error::MissingNamespace => "MissingNamespace",
+        }
+    }
+}
+
+/// What a reconcile found out about the server.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Ready {
+        version: String,
+        endpoint: String,
+    },
+    NotReady {
+        reason: &'static str,
+        message: String,
+        /// A user must change something (spec, Secret, server version).
+        stalled: bool,
+        /// Retrying may help by itself; use backoff.
+        transient: bool,
+        version: Option<String>,
+        endpoint: Option<String>,
+    },
+}
+
+impl Outcome {
+    fn not_ready(reason: &'static str, message: impl Into<String>, stalled: bool) -> Self {
+        Outcome::NotReady {
+            reason,
+            message: message.into(),
+            stalled,
+            transient: !stalled,
+            version: None,
+            endpoint: None,
+        }
+    }
+
+    fn with_endpoint(mut self, ep: &str) -> Self {
+        if let Outcome::NotReady { endpoint, .. } = &mut self {
+            *endpoint = Some(ep.to_string());
+        }
+        self
+    }
+
+    fn with_version(mut self, v: &str) -> Self {
+        if let Outcome::NotReady { version, .. } = &mut self {
+            *version = Some(v.to_string());
+        }
+        self
+    }
+}
+
+pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>) {
+    let client = ctx.client.clone();
+    // Secrets are watched by metadata only: the operator never caches key material.
+    let (servers, secrets): (Api<HeadscaleServer>, Api<PartialObjectMeta<Secret>>) =
+        match &ctx.settings.watch_namespace {
+            Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client, ns)),
+            None => (Api::all(client.clone()), Api::all(client)),
+        };
+    let controller = Controller::new(servers, watcher::Config::default().any_semantic());
+    let store = controller.store();
+
+    let store_for_secrets = store.clone();
+    let controller = controller.watches(
+        secrets,
+        watcher::Config::default().any_semantic(),
+        move |secret| {
+            let ns = secret.namespace();
+            let name = secret.name_any();
+            store_for_secrets
+                .state()
+                .into_iter()
+                .filter(|hs| hs.namespace() == ns && references_secret(&hs.spec.external, &name))
+                .map(|hs| ObjectRef::from_obj(&*hs))
+                .collect::<Vec<_>>()
+        },
+    );
+
+    let ready_store = store.clone();
+    tokio::spawn(async move {
+        if ready_store.wait_until_ready().await.is_ok() {
+            ready.store(true, Ordering::Relaxed);
+            tracing::info!("server controller caches synced");
+        }
+    });
+
+    controller
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "reconcile loop event");
+            }
+        })
+        .await;
+}
+
+fn references_secret(external: &Option<ExternalSpec>, secret: &str) -> bool {
+    external
+        .as_ref()
+        .is_some_and(|e| e.api_key_secret_ref.name == secret)
+}
+
+fn object_key(hs: &HeadscaleServer) -> String {
+    format!("{}/{}", hs.namespace().unwrap_or_default(), hs.name_any())
+}
+
+pub async fn reconcile(hs: Arc<HeadscaleServer>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let labels = Metrics::controller(CONTROLLER);
+    ctx.metrics.reconciles.get_or_create(&labels).inc();
+    let result = reconcile_inner(&hs, &ctx).await;
+    ctx.metrics
+        .reconcile_duration
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_inner(hs: &HeadscaleServer, ctx: &Context) -> Result<Action, Error> {
+    let ns = hs.namespace().ok_or(Error::MissingNamespace)?;
+    let key = object_key(hs);
+
+    // Dereference and probe.
+    let outcome = match &hs.spec.external {
+        Some(external) => observe_external(ctx, &ns, external).await?,
+        None => Outcome::not_ready(
+            reason::NOT_IMPLEMENTED,
+            "managed mode is not implemented yet; use spec.external to govern an existing Headscale",
+            true,
+        ),
+    };
+
+    // Build (pure).
+    let old_status = hs.status.clone().unwrap_or_default();
+    let new_status = desired_status(hs, &old_status, &outcome, Timestamp::now());
+
+    // Apply status, only when it changed.
+    if hs.status.as_ref() != Some(&new_status) {
+        let api: Api<HeadscaleServer> = Api::namespaced(ctx.client.clone(), &ns);
+        let patch = json!({
+            "apiVersion": HeadscaleServer::api_version(&()),
+            "kind": HeadscaleServer::kind(&()),
+            "status": new_status,
+        });
+        api.patch_status(
+            &hs.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::PatchStatus)?;
+    }
+
+    if let Some(event) = transition_event(
+        conditions::find(&old_status.conditions, conditions::READY),
+        conditions::find(&new_status.conditions, conditions::READY),
+    ) {
+        publish(ctx, hs, event).await;
+    }
+
+    let ready = matches!(outcome, Outcome::Ready { .. });
+    ctx.metrics
+        .server_ready
+        .get_or_create(&ServerLabels {
+            namespace: ns,
+            name: hs.name_any(),
+        })
+        .set(i64::from(ready));
+    log_outcome(hs, &outcome);
+
+    Ok(match outcome {
+        Outcome::NotReady { transient: true, .. } => {
+            let n = ctx.record_failure(&key);
+            Action::requeue(backoff::delay(
+                n,
+                Duration::from_secs(2),
+                ctx.settings.max_backoff,
+                backoff::jitter(),
+            ))
+        }
+        _ => {
+            ctx.clear_failures(&key);
+            // Healthy or waiting for a user: look again at the resync interval; watches
+            // on the server and its Secret bring changes sooner.
+            Action::requeue(ctx.settings.resync)
+        }
+    })
+}
+
+fn log_outcome(hs: &HeadscaleServer, outcome: &Outcome) {
+    match outcome {
+        Outcome::Ready { version, endpoint } => tracing::debug!(
+            server = %object_key(hs), %version, %endpoint, "server ready"
+        ),
+        Outcome::NotReady { reason, message, .. } => tracing::info!(
+            server = %object_key(hs), %reason, %message, "server not ready"
+        ),
+    }
+}
+
+/// Reads the API key and asks the server who it is and whether the key works.
+async fn observe_external(ctx: &Context, ns: &str, external: &ExternalSpec) -> Result<Outcome, Error> {
+    let secret_ref = &external.api_key_secret_ref;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let secret = secrets
+        .get_opt(&secret_ref.name)
+        .await
+        .map_err(|source| Error::ReadSecret {
+            name: secret_ref.name.clone(),
+            source,
+        })?;
+    let api_key = match read_key(secret.as_ref(), &secret_ref.name, &secret_ref.key) {
+        Ok(k) => k,
+        Err(outcome) => return Ok(outcome.with_endpoint(&external.url)),
+    };
+    let client = match headscale::Client::new(&external.url, api_key) {
+        Ok(c) => c,
+        Err(e) => return Ok(Outcome::not_ready(reason::INVALID_SPEC, e.to_string(), true)),
+    };
+    Ok(probe(&client).await)
+}
+
+/// The API key from a Secret, or the outcome that explains why there is none.
+/// The outcome's message names the Secret and key, never the value.
+pub fn read_key(secret: Option<&Secret>, name: &str, key: &str) -> Result<SecretString, Outcome> {
+    let Some(secret) = secret else {
+        return Err(Outcome::not_ready(
+            reason::SECRET_NOT_FOUND,
+            format!("Secret {name:?} (spec.external.apiKeySecretRef) does not exist"),
+            true,
+        ));
+    };
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| b.0.clone())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .map(|s| s.clone().into_bytes())
+        });
+    let missing = |why: &str| {
+        Outcome::not_ready(
+            reason::SECRET_KEY_MISSING,
+            format!("Secret {name:?} key {key:?} {why}"),
+            true,
+        )
+    };
+    let bytes = bytes.ok_or_else(|| missing("does not exist"))?;
+    let text = String::from_utf8(bytes).map_err(|_| missing("is not valid UTF-8"))?;
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err(missing("is empty"));
+    }
+    Ok(SecretString::new(trimmed))
+}
+
+/// Version first (unauthenticated: tells "unreachable" from "wrong key"), then the key.
+pub async fn probe(client: &headscale::Client) -> Outcome {
+    let endpoint = client.base_url().trim_end_matches('/').to_string();
+    let version = match client.supported_version().await {
+        Ok(v) => v,
+        Err(e) => return outcome_from_error(&e).with_endpoint(&endpoint),
+    };
+    match client.check_api_key().await {
+        Ok(()) => Outcome::Ready {
+            version: version.to_string(),
+            endpoint,
+        },
+        Err(e) => outcome_from_error(&e)
+            .with_endpoint(&endpoint)
+            .with_version(&version.to_string()),
+    }
+}
+
+fn outcome_from_error(e: &headscale::Error) -> Outcome {
+    use headscale::Error as H;
+    let (reason, stalled) = match e {
+        H::Unauthorized { .. } => (reason::API_KEY_REJECTED, true),
+        H::UnsupportedVersion { .. } => (reason::UNSUPPORTED_VERSION, true),
+        H::InvalidUrl { .. } => (reason::INVALID_SPEC, true),
+        H::Unreachable { .. } | H::ServerError { .. } => (reason::SERVER_UNREACHABLE, false),
+        H::NotFound { .. } | H::UnexpectedResponse { .. } => (reason::UNEXPECTED_RESPONSE, false),
+    };
+    let message = match e {
+        H::Unauthorized { .. } => {
+            "the server rejected the API key (401); check spec.external.apiKeySecretRef".to_string()
+        }
+        other => other.to_string(),
+    };
+    Outcome::not_ready(reason, message, stalled)
+}
+
+/// The status a reconcile wants, from the old one and what it found. Pure.
+pub fn desired_status(
+    hs: &HeadscaleServer,
+    old: &HeadscaleServerStatus,
+    outcome: &Outcome,
+    now: Timestamp,
+) -> HeadscaleServerStatus {
+    let generation = hs.metadata.generation;
+    let mut status = HeadscaleServerStatus {
+        observed_generation: generation,
+        conditions: old.conditions.clone(),
+        mode: Some(hs.mode().to_string()),
+        // Keep the last known version while the server is unreachable: it is still
+        // the best answer to "what runs there".
+        version: old.version.clone(),
+        endpoint: old.endpoint.clone(),
+    };
+    match outcome {
+        Outcome::Ready { version, endpoint } => {
+            status.version = Some(version.clone());
+            status.endpoint = Some(endpoint.clone());
+            let msg = format!("Headscale {version} at {endpoint} accepts the API key");
+            conditions::set(
+                &mut status.conditions,
+                conditions::READY,
+                true,
+                reason::READY,
+                msg,
+                generation,
+                now,
+            );
+            conditions::set(
+                &mut status.conditions,
+                STALLED,
+                false,
+                reason::READY,
+                "",
+                generation,
+                now,
+            );
+        }
+        Outcome::NotReady {
+            reason,
+            message,
+            stalled,
+            version,
+            endpoint,
+            ..
+        } => {
+            if version.is_some() {
+                status.version = version.clone();
+            }
+            if endpoint.is_some() {
+                status.endpoint = endpoint.clone();
+            }
+            conditions::set(
+                &mut status.conditions,
+                conditions::READY,
+                false,
+                reason,
+                message.clone(),
+                generation,
+                now,
+            );
+            let stalled_msg = if *stalled { message.clone() } else { String::new() };
+            conditions::set(
+                &mut status.conditions,
+                STALLED,
+                *stalled,
+                reason,
+                stalled_msg,
+                generation,
+                now,
+            );
+        }
+    }
+    status
+}
+
+/// An Event when the Ready condition changes status or reason; nothing on an
+/// unchanged requeue. Pure.
+pub fn transition_event(old: Option<&Condition>, new: Option<&Condition>) -> Option<Event> {
+    let new = new?;
+    if let Some(old) = old
+        && old.status == new.status
+        && old.reason == new.reason
+    {
+        return None;
+    }
+    let ready = new.status == "True";
+    Some(Event {
+        type_: if ready {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        },
+        reason: new.reason.clone(),
+        note: Some(truncate(&new.message, 1000)),
+        action: if ready { "Connect".into() } else { "Check".into() },
+        secondary: None,
+    })
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut cut = max;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &s[..cut])
+}
+
+async fn publish(ctx: &Context, hs: &HeadscaleServer, event: Event) {
+    if let Err(e) = ctx.recorder.publish(&event, &hs.object_ref(&())).await {
+        tracing::warn!(server = %object_key(hs), error = %e, "failed to publish event");
+    }
+}
+
+pub fn error_policy(hs: Arc<HeadscaleServer>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = object_key(&hs);
+    tracing::warn!(server = %key, reason = error.reason(), error = %error, "reconcile failed");
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&crate::metrics::ErrorLabels {
+            controller: CONTROLLER.into(),
+            reason: error.reason().into(),
+        })
+        .inc();
+    let n = ctx.record_failure(&key);
+    let event = Event {
+        type_: EventType::Warning,
+        reason: error.reason().into(),
+        note: Some(truncate(&error.to_string(), 1000)),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    let ctx2 = ctx.clone();
+    tokio::spawn(async move { publish(&ctx2, &hs, event).await });
+    Action::requeue(backoff::delay(
+        n,
+        Duration::from_secs(2),
+        ctx.settings.max_backoff,
+        backoff::jitter(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::HeadscaleServerSpec;
+    use crate::api::SecretKeyRef;
+    use k8s_openapi::ByteString;
+    use std::collections::BTreeMap;
+
+    fn server(generation: i64) -> HeadscaleServer {
+        let spec: HeadscaleServerSpec = serde_json::from_value(json!({
+            "external": {"url": "http://127.0.0.1:8080", "apiKeySecretRef": {"name": "k"}}
+        }))
+        .unwrap();
+        let mut hs = HeadscaleServer::new("hs", spec);
+        hs.metadata.namespace = Some("ns".into());
+        hs.metadata.generation = Some(generation);
+        hs
+    }
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn secret_key_defaults_to_api_key() {
+        let r: SecretKeyRef = serde_json::from_value(json!({"name": "x"})).unwrap();
+        assert_eq!(r.key, "api-key");
+    }
+
+    #[test]
+    fn read_key_explains_every_failure_without_the_value() {
+        assert!(matches!(
+            read_key(None, "s", "api-key"),
+            Err(Outcome::NotReady {
+                reason: "SecretNotFound",
+                ..
+            })
+        ));
+        let mut secret = Secret::default();
+        assert!(matches!(
+            read_key(Some(&secret), "s", "api-key"),
+            Err(Outcome::NotReady {
+                reason: "SecretKeyMissing",
+                ..
+            })
+        ));
+        secret.data = Some(BTreeMap::from([(
+            "api-key".to_string(),
+            ByteString(b"  \n".to_vec()),
+        )]));
+        assert!(matches!(
+            read_key(Some(&secret), "s", "api-key"),
+            Err(Outcome::NotReady {
+                reason: "SecretKeyMissing",
+                ..
+            })
+        ));
+        secret.data = Some(BTreeMap::from([(
+            "api-key".to_string(),
+            ByteString(vec![0xff, 0xfe]),
+        )]));
+        assert!(read_key(Some(&secret), "s", "api-key").is_err());
+        secret.data = Some(BTreeMap::from([(
+            "api-key".to_string(),
+            ByteString(b"hskey-api-x\n".to_vec()),
+        )]));
+        assert_eq!(
+            read_key(Some(&secret), "s", "api-key").unwrap().expose(),
+            "hskey-api-x"
+        );
+    }
+
+    #[test]
+    fn status_for_ready_and_back() {
+        let hs = server(3);
+        let ready = Outcome::Ready {
+            version: "v0.29.2".into(),
+            endpoint: "http://h".into(),
+        };
+        let s1 = desired_status(
+            &hs,
+            &HeadscaleServerStatus::default(),
+            &ready,
+            t("2026-01-01T00:00:00Z"),
+        );
+        assert_eq!(s1.observed_generation, Some(3));
+        assert_eq!(s1.mode.as_deref(), Some("External"));
+        assert_eq!(s1.version.as_deref(), Some("v0.29.2"));
+        let r = conditions::find(&s1.conditions, "Ready").unwrap();
+        assert_eq!((r.status.as_str(), r.reason.as_str()), ("True", "Ready"));
+
+        // Same outcome later: identical status, so no write.
+        let s2 = desired_status(&hs, &s1, &ready, t("2026-01-02T00:00:00Z"));
+        assert_eq!(s1, s2);
+
+        // Unreachable: not ready, not stalled, version kept.
+        let down = Outcome::not_ready(reason::SERVER_UNREACHABLE, "connection refused", false);
+        let s3 = desired_status(&hs, &s2, &down, t("2026-01-03T00:00:00Z"));
+        let r = conditions::find(&s3.conditions, "Ready").unwrap();
+        assert_eq!(
+            (r.status.as_str(), r.reason.as_str()),
+            ("False", "ServerUnreachable")
+        );
+        assert_eq!(r.last_transition_time.0, t("2026-01-03T00:00:00Z"));
+        assert_eq!(
+            conditions::find(&s3.conditions, "Stalled").unwrap().status,
+            "False"
+        );
+        assert_eq!(s3.version.as_deref(), Some("v0.29.2"));
+    }
+
+    #[test]
+    fn events_only_on_transitions() {
+        let hs = server(1);
+        let now = t("2026-01-01T00:00:00Z");
+        let ready = Outcome::Ready {
+            version: "v0.29.2".into(),
+            endpoint: "http://h".into(),
+        };
+        let s1 = desired_status(&hs, &HeadscaleServerStatus::default(), &ready, now);
+        let first = transition_event(None, conditions::find(&s1.conditions, "Ready")).unwrap();
+        assert_eq!(first.type_, EventType::Normal);
+        let s2 = desired_status(&hs, &s1, &ready, now);
+        assert!(
+            transition_event(
+                conditions::find(&s1.conditions, "Ready"),
+                conditions::find(&s2.conditions, "Ready")
+            )
+            .is_none()
+        );
+        let bad = Outcome::not_ready(reason::API_KEY_REJECTED, "401", true);
+        let s3 = desired_status(&hs, &s2, &bad, now);
+        let ev = transition_event(
+            conditions::find(&s2.conditions, "Ready"),
+            conditions::find(&s3.conditions, "Ready"),
+        )
+        .unwrap();
+        assert_eq!(ev.type_, EventType::Warning);
+        assert_eq!(ev.reason, "ApiKeyRejected");
+    }
+
+    #[test]
+    fn managed_mode_reports_mode() {
+        let spec: HeadscaleServerSpec = serde_json::from_value(json!({
+            "managed": {"version": "0.29.2", "serverUrl": "https://hs.example.com"}
+        }))
+        .unwrap();
+        let hs = HeadscaleServer::new("m", spec);
+        assert_eq!(hs.mode(), "Managed");
+    }
+}

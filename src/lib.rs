@@ -1,0 +1,9 @@
+//! headscale-operator: runs and governs Headscale from Kubernetes resources.
+
+pub mod api;
+pub mod controller;
+pub mod headscale;
+pub mod http;
+pub mod metrics;
+pub mod secret;
+pub mod telemetry;
