@@ -129,9 +129,18 @@ pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>) {
 
     let ready_store = store.clone();
     tokio::spawn(async move {
-        if ready_store.wait_until_ready().await.is_ok() {
-            ready.store(true, Ordering::Relaxed);
-            tracing::info!("server controller caches synced");
+        // The store's readiness is a oneshot that wakes only its latest poller, and the
+        // controller polls it too: re-poll on a timer instead of waiting once.
+        loop {
+            match tokio::time::timeout(Duration::from_millis(250), ready_store.wait_until_ready()).await {
+                Ok(Ok(())) => {
+                    ready.store(true, Ordering::Relaxed);
+                    tracing::info!("server controller caches synced");
+                    return;
+                }
+                Ok(Err(_)) => return,
+                Err(_) => continue,
+            }
         }
     });
 

@@ -1,0 +1,392 @@
+//! Integration tests: the real operator binary (under the chart's RBAC) against a
+//! real kube-apiserver and real Headscale servers. Run through `make test`.
+
+mod support;
+
+use std::time::Duration;
+
+use headscale_operator::api::HeadscaleServer;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn external_server(name: &str, url: &str, secret: &str) -> Value {
+    json!({
+        "apiVersion": "headscale.operator.dev/v1alpha1",
+        "kind": "HeadscaleServer",
+        "metadata": {"name": name},
+        "spec": {"external": {"url": url, "apiKeySecretRef": {"name": secret}}},
+    })
+}
+
+async fn create(client: &Client, ns: &str, obj: Value) -> Result<HeadscaleServer, kube::Error> {
+    let obj: HeadscaleServer = serde_json::from_value(obj).expect("object shape");
+    Api::<HeadscaleServer>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &obj)
+        .await
+}
+
+/// Creates an arbitrary object through the dynamic API and returns the API server's
+/// rejection message, if any.
+async fn create_raw(client: &Client, ns: &str, obj: Value) -> Result<(), String> {
+    use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+    let kind = obj["kind"].as_str().unwrap().to_string();
+    let gvk = GroupVersionKind::gvk("headscale.operator.dev", "v1alpha1", &kind);
+    let plural = format!("{}s", kind.to_lowercase()).replace("policys", "policies");
+    let ar = ApiResource::from_gvk_with_plural(&gvk, &plural);
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+    let obj: DynamicObject = serde_json::from_value(obj).unwrap();
+    match api.create(&PostParams::default(), &obj).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) => Err(s.message),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// (status, reason) of the Ready condition, once it matches `want`.
+async fn wait_ready(client: &Client, ns: &str, name: &str, want: (&str, &str)) -> HeadscaleServer {
+    let api = Api::<HeadscaleServer>::namespaced(client.clone(), ns);
+    wait_for(&format!("{ns}/{name} Ready={want:?}"), WAIT, || {
+        let api = api.clone();
+        async move {
+            let hs = api.get(name).await.map_err(|e| e.to_string())?;
+            let cond = hs
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+                .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()));
+            match cond {
+                Some((s, r, _)) if s == want.0 && r == want.1 => Ok(hs),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await
+}
+
+fn condition(hs: &HeadscaleServer, type_: &str) -> (String, String) {
+    let c = hs
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap();
+    (c.status.clone(), c.reason.clone())
+}
+
+async fn wait_event(client: &Client, ns: &str, object: &str, type_: &str, reason: &str) {
+    wait_for(&format!("{type_} Event {reason} on {object}"), WAIT, || async {
+        let evs = events(client, ns).await;
+        if evs.iter().any(|e| {
+            e.involved_object.name.as_deref() == Some(object)
+                && e.type_.as_deref() == Some(type_)
+                && e.reason.as_deref() == Some(reason)
+        }) {
+            Ok(())
+        } else {
+            let seen: Vec<_> = evs.iter().map(|e| (e.type_.clone(), e.reason.clone())).collect();
+            Err(format!("{seen:?}"))
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn external_server_is_ready_on_every_supported_version() {
+    let client = admin_client().await;
+    for version in headscale_versions() {
+        let ns = namespace(&client, "ready").await;
+        let hs = Headscale::start(&version);
+        create_key_secret(&client, &ns, "key", &hs.api_key).await;
+        create(&client, &ns, external_server("corp", &hs.url, "key"))
+            .await
+            .unwrap();
+
+        let obj = wait_ready(&client, &ns, "corp", ("True", "Ready")).await;
+        let status = obj.status.clone().unwrap();
+        assert_eq!(
+            status.version.as_deref(),
+            Some(version.as_str()),
+            "reported version"
+        );
+        assert_eq!(status.mode.as_deref(), Some("External"));
+        assert_eq!(status.endpoint.as_deref(), Some(hs.url.as_str()));
+        assert_eq!(status.observed_generation, obj.metadata.generation);
+        assert_eq!(condition(&obj, "Stalled").0, "False");
+        wait_event(&client, &ns, "corp", "Normal", "Ready").await;
+
+        // Steady state writes nothing: the operator re-checks every 2 s in the tests,
+        // and the object's resourceVersion must not move.
+        let rv = obj.resource_version();
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let again = Api::<HeadscaleServer>::namespaced(client.clone(), &ns)
+            .get("corp")
+            .await
+            .unwrap();
+        assert_eq!(
+            again.resource_version(),
+            rv,
+            "status was rewritten without a change"
+        );
+
+        let metrics = reqwest_get(&format!("{}/metrics", operator_url())).await;
+        assert!(
+            metrics.contains(&format!(
+                "headscale_operator_server_ready{{namespace=\"{ns}\",name=\"corp\"}} 1"
+            )),
+            "server_ready metric missing:\n{metrics}"
+        );
+        assert_no_leak(
+            &client,
+            &ns,
+            &[serde_json::to_value(&again).unwrap()],
+            &[&hs.api_key],
+        )
+        .await;
+    }
+}
+
+async fn reqwest_get(url: &str) -> String {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::get(url).await.unwrap().text().await.unwrap()
+}
+
+#[tokio::test]
+async fn failures_are_reported_and_the_operator_recovers() {
+    let client = admin_client().await;
+    let ns = namespace(&client, "recover").await;
+    let version = headscale_versions().pop().unwrap();
+    let hs = Headscale::start(&version);
+
+    // No Secret yet.
+    create(&client, &ns, external_server("corp", &hs.url, "key"))
+        .await
+        .unwrap();
+    let obj = wait_ready(&client, &ns, "corp", ("False", "SecretNotFound")).await;
+    assert_eq!(
+        condition(&obj, "Stalled"),
+        ("True".into(), "SecretNotFound".into())
+    );
+    wait_event(&client, &ns, "corp", "Warning", "SecretNotFound").await;
+
+    // A wrong key: the Secret watch brings the server back without waiting for a resync.
+    let wrong = "hskey-api-AAAAAAAAAAAA-0000000000000000000000000000000000000000000000000000000000000000";
+    create_key_secret(&client, &ns, "key", wrong).await;
+    wait_ready(&client, &ns, "corp", ("False", "ApiKeyRejected")).await;
+    wait_event(&client, &ns, "corp", "Warning", "ApiKeyRejected").await;
+
+    // The right key.
+    replace_key_secret(&client, &ns, "key", &hs.api_key).await;
+    wait_ready(&client, &ns, "corp", ("True", "Ready")).await;
+
+    // Headscale goes away mid-run, and comes back.
+    hs.stop();
+    let obj = wait_ready(&client, &ns, "corp", ("False", "ServerUnreachable")).await;
+    assert_eq!(
+        condition(&obj, "Stalled").0,
+        "False",
+        "an outage is not the user's to fix"
+    );
+    assert_eq!(
+        obj.status.as_ref().unwrap().version.as_deref(),
+        Some(version.as_str()),
+        "last known version kept"
+    );
+    wait_event(&client, &ns, "corp", "Warning", "ServerUnreachable").await;
+    hs.restart();
+    wait_ready(&client, &ns, "corp", ("True", "Ready")).await;
+
+    // The operator never restarted.
+    let health = reqwest_get(&format!("{}/readyz", operator_url())).await;
+    assert_eq!(health, "ready");
+
+    let obj = Api::<HeadscaleServer>::namespaced(client.clone(), &ns)
+        .get("corp")
+        .await
+        .unwrap();
+    assert_no_leak(
+        &client,
+        &ns,
+        &[serde_json::to_value(&obj).unwrap()],
+        &[&hs.api_key, wrong],
+    )
+    .await;
+
+    // Deleting the server needs nothing from the operator (no finalizer in external mode).
+    Api::<HeadscaleServer>::namespaced(client.clone(), &ns)
+        .delete("corp", &DeleteParams::default())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn unsupported_version_is_reported() {
+    // Headscale 0.26 is not built here; a stand-in that only answers /version injects
+    // that fault. Everything else in this suite talks to real Headscale.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().route(
+        "/version",
+        axum::routing::get(|| async {
+            (
+                [("content-type", "application/json")],
+                r#"{"version":"v0.26.1","commit":"x"}"#,
+            )
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let client = admin_client().await;
+    let ns = namespace(&client, "oldver").await;
+    create_key_secret(&client, &ns, "key", "hskey-api-unused").await;
+    create(&client, &ns, external_server("old", &url, "key"))
+        .await
+        .unwrap();
+    let obj = wait_ready(&client, &ns, "old", ("False", "UnsupportedVersion")).await;
+    let msg = &obj
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .message;
+    assert!(msg.contains("v0.26.1") && msg.contains("0.27 to 0.30"), "{msg}");
+}
+
+#[tokio::test]
+async fn managed_mode_is_reported_as_not_implemented() {
+    let client = admin_client().await;
+    let ns = namespace(&client, "managed").await;
+    let obj = json!({
+        "apiVersion": "headscale.operator.dev/v1alpha1",
+        "kind": "HeadscaleServer",
+        "metadata": {"name": "m"},
+        "spec": {"managed": {"version": "0.29.2", "serverUrl": "https://hs.example.com"}},
+    });
+    create(&client, &ns, obj).await.unwrap();
+    let obj = wait_ready(&client, &ns, "m", ("False", "NotImplemented")).await;
+    assert_eq!(obj.status.unwrap().mode.as_deref(), Some("Managed"));
+}
+
+#[tokio::test]
+async fn invalid_resources_are_rejected_by_the_api_server() {
+    let client = admin_client().await;
+    let ns = namespace(&client, "invalid").await;
+    let hss = |spec: Value| {
+        json!({"apiVersion": "headscale.operator.dev/v1alpha1", "kind": "HeadscaleServer",
+               "metadata": {"name": "x"}, "spec": spec})
+    };
+    let ext = json!({"url": "http://127.0.0.1:1", "apiKeySecretRef": {"name": "k"}});
+    let managed = json!({"version": "0.29.2", "serverUrl": "https://hs.example.com"});
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "both modes",
+            hss(json!({"external": ext, "managed": managed})),
+            "exactly one of spec.managed or spec.external must be set",
+        ),
+        (
+            "neither mode",
+            hss(json!({})),
+            "exactly one of spec.managed or spec.external must be set",
+        ),
+        (
+            "ftp url",
+            hss(json!({"external": {"url": "ftp://hs.example.com", "apiKeySecretRef": {"name": "k"}}})),
+            "external.url must be an absolute http:// or https:// URL",
+        ),
+        (
+            "not a url",
+            hss(json!({"external": {"url": "hs.example.com", "apiKeySecretRef": {"name": "k"}}})),
+            "external.url must be an absolute http:// or https:// URL",
+        ),
+        (
+            "no secret name",
+            hss(json!({"external": {"url": "https://hs.example.com", "apiKeySecretRef": {}}})),
+            "spec.external.apiKeySecretRef.name: Required value",
+        ),
+        (
+            "empty secret name",
+            hss(json!({"external": {"url": "https://hs.example.com", "apiKeySecretRef": {"name": ""}}})),
+            "spec.external.apiKeySecretRef.name",
+        ),
+        (
+            "no secret ref",
+            hss(json!({"external": {"url": "https://hs.example.com"}})),
+            "spec.external.apiKeySecretRef: Required value",
+        ),
+        (
+            "unsupported managed version",
+            hss(json!({"managed": {"version": "0.26.0", "serverUrl": "https://hs.example.com"}})),
+            "spec.managed.version",
+        ),
+        (
+            "approval with both forms",
+            json!({"apiVersion": "headscale.operator.dev/v1alpha1", "kind": "NodeApproval", "metadata": {"name": "x"},
+            "spec": {"serverRef": {"name": "s"}, "registration": {"authId": "hskey-authreq-x", "user": "alice"}, "preAuthKey": {"user": "alice"}}}),
+            "exactly one of spec.registration or spec.preAuthKey must be set",
+        ),
+        (
+            "approval with neither form",
+            json!({"apiVersion": "headscale.operator.dev/v1alpha1", "kind": "NodeApproval", "metadata": {"name": "x"},
+            "spec": {"serverRef": {"name": "s"}}}),
+            "exactly one of spec.registration or spec.preAuthKey must be set",
+        ),
+        (
+            "acl without policy",
+            json!({"apiVersion": "headscale.operator.dev/v1alpha1", "kind": "AclPolicy", "metadata": {"name": "x"},
+            "spec": {"serverRef": {"name": "s"}}}),
+            "exactly one of spec.policy or spec.configMapRef must be set",
+        ),
+        (
+            "magic dns without domain",
+            json!({"apiVersion": "headscale.operator.dev/v1alpha1", "kind": "DnsConfig", "metadata": {"name": "x"},
+            "spec": {"serverRef": {"name": "s"}, "nameservers": {"global": ["1.1.1.1"]}}}),
+            "magicDns needs a baseDomain",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, obj, want) in cases {
+        match create_raw(&client, &ns, obj).await {
+            Ok(()) => failures.push(format!("{what}: accepted")),
+            Err(msg) if msg.contains(want) => {}
+            Err(msg) => failures.push(format!("{what}: message {msg:?} lacks {want:?}")),
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[tokio::test]
+async fn operator_rbac_is_least_privilege() {
+    let sa = "system:serviceaccount:headscale-operator-system:headscale-operator";
+    let can = |verb: &str, resource: &str| {
+        let out = kubectl(&["auth", "can-i", verb, resource, "--as", sa, "-A"]);
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    for (verb, resource) in [
+        ("watch", "headscaleservers.headscale.operator.dev"),
+        ("patch", "headscaleservers.headscale.operator.dev/status"),
+        ("get", "secrets"),
+        ("create", "events.events.k8s.io"),
+    ] {
+        assert!(can(verb, resource), "the operator needs {verb} {resource}");
+    }
+    for (verb, resource) in [
+        ("create", "pods/exec"),
+        ("get", "pods/exec"),
+        ("create", "secrets"),
+        ("delete", "secrets"),
+        ("delete", "headscaleservers.headscale.operator.dev"),
+        ("update", "headscaleservers.headscale.operator.dev"),
+        ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
+        ("*", "*"),
+    ] {
+        assert!(!can(verb, resource), "the operator must not {verb} {resource}");
+    }
+}
