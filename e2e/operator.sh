@@ -58,13 +58,22 @@ current-context: e2e
 KC
   umask "$old_umask"
   port=$(free_tcp_port)
-  KUBECONFIG=$dir/operator.kubeconfig setsid "$BIN" run --log-format json --log-level "info,headscale_operator=debug" \
+  KUBECONFIG=$dir/operator.kubeconfig setsid "$BIN" run --log-format json \
     --probe-addr "127.0.0.1:$port" "${extra[@]}" </dev/null >>"$dir/operator.log" 2>&1 &
   echo $! >"$dir/operator.pid"
   echo "http://127.0.0.1:$port" >"$dir/operator.url"
   [ -z "$owner" ] || start_watchdog "$owner" "$here/operator.sh" stop "$dir"
-  wait_until 60 "operator /readyz" curl -sf --max-time 2 "http://127.0.0.1:$port/readyz" ||
-    { tail -n 30 "$dir/operator.log" >&2; cmd_stop "$dir"; die "operator did not become ready"; }
+  local pid t=0
+  pid=$(cat "$dir/operator.pid")
+  until curl -sf --max-time 2 "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; do
+    if ! pid_alive "$pid" || [ "$t" -ge 60 ]; then
+      tail -n 30 "$dir/operator.log" >&2
+      cmd_stop "$dir"
+      die "operator did not become ready (log: $dir/operator.log)"
+    fi
+    t=$((t + 1))
+    sleep 1
+  done
   log "operator running as $NS/$SA (pid $(cat "$dir/operator.pid"), probes at http://127.0.0.1:$port)"
 }
 

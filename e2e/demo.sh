@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The demo (`make demo`): builds what is missing, starts a local control plane and a real
+# Headscale, installs the chart, runs the operator under the chart's ServiceAccount, applies
+# examples/, waits until the HeadscaleServer is Ready and shows what a user sees.
+#
+#   e2e/demo.sh            run, show, stop everything on exit
+#   e2e/demo.sh --keep     leave it running and print how to use and stop it
+#   e2e/demo.sh --down     stop a kept demo
+# State lives in $HSOP_DEMO_DIR (default /tmp/hsop-demo).
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+# shellcheck source=lib.sh
+. e2e/lib.sh
+LOG_PREFIX=demo
+DEMO=${HSOP_DEMO_DIR:-/tmp/hsop-demo}
+NS=demo
+t0=$SECONDS
+step() { printf '\n== %s (%ss)\n' "$*" "$((SECONDS - t0))"; }
+
+down() {
+  e2e/operator.sh stop "$DEMO/operator" 2>/dev/null || true
+  e2e/headscale.sh stop "$DEMO/headscale" 2>/dev/null || true
+  [ ! -d "$DEMO/cluster" ] || e2e/cluster.sh down "$DEMO/cluster" 2>/dev/null || true
+}
+
+keep=0
+case "${1:-}" in
+  --keep) keep=1 ;;
+  --down) down; rm -rf "$DEMO"; log "demo stopped"; exit 0 ;;
+  "") ;;
+  *) die "usage: $0 [--keep|--down]" ;;
+esac
+
+step "tools (cached in ~/.cache/headscale-operator; a cold machine builds them once)"
+e2e/tools.sh ensure >/dev/null
+eval "$(e2e/tools.sh env)"
+export PATH="$HSOP_K8S_BIN:$(dirname "$HSOP_HELM_BIN"):$PATH"
+cargo build --quiet
+
+# A demo left running from before is replaced.
+[ ! -d "$DEMO" ] || { down; rm -rf "$DEMO"; }
+mkdir -p "$DEMO"
+owner=()
+if [ "$keep" = 0 ]; then
+  owner=(--owner-pid $$)
+  trap 'down; rm -rf "$DEMO"' EXIT
+  trap 'exit 130' INT TERM
+fi
+
+step "control plane: etcd, kube-apiserver, controller-manager, scheduler, KWOK on 127.0.0.1"
+e2e/cluster.sh up "$DEMO/cluster" "${owner[@]}"
+# shellcheck disable=SC1091
+. "$DEMO/cluster/env"
+
+step "a real Headscale $HSOP_HEADSCALE_DEMO_VERSION on 127.0.0.1"
+e2e/headscale.sh start "$DEMO/headscale" "$HSOP_HEADSCALE_DEMO_VERSION" "${owner[@]}"
+url=$(cat "$DEMO/headscale/url")
+
+step "helm install headscale-operator"
+helm install headscale-operator charts/headscale-operator --namespace headscale-operator-system \
+  --create-namespace --wait --timeout 3m
+
+step "the operator, with exactly the chart's RBAC"
+e2e/operator.sh start "$DEMO/operator" "${owner[@]}"
+
+step "kubectl apply examples/ (an API-key Secret and an external HeadscaleServer)"
+kubectl create namespace "$NS"
+kubectl -n "$NS" create secret generic headscale-api-key --from-file=api-key="$DEMO/headscale/api-key"
+sed "s#url: http://127.0.0.1:8080#url: $url#" examples/external-server.yaml | kubectl -n "$NS" apply -f -
+kubectl -n "$NS" wait --for=condition=Ready headscaleserver/corp --timeout=90s
+
+step "what a user sees"
+kubectl -n "$NS" get headscaleservers -o wide
+echo
+kubectl -n "$NS" get headscaleserver corp -o jsonpath='{range .status.conditions[*]}{.type}={.status} ({.reason}): {.message}{"\n"}{end}'
+echo
+kubectl -n "$NS" get events --field-selector involvedObject.name=corp
+echo
+echo "Headscale itself says: $(curl -s "$url/version")"
+
+step "demo ready in $((SECONDS - t0))s"
+if [ "$keep" = 1 ]; then
+  cat <<EOF2
+Everything keeps running. To look around:
+  . $DEMO/cluster/env          # KUBECONFIG and friends
+  export PATH=$HSOP_K8S_BIN:\$PATH
+  kubectl -n $NS get hss
+  curl $(cat "$DEMO/operator/operator.url")/metrics
+  tail -f $DEMO/operator/operator.log
+Stop it all with: e2e/demo.sh --down
+EOF2
+fi

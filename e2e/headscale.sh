@@ -1,0 +1,286 @@
+#!/usr/bin/env bash
+# A local, offline Headscale server for the e2e tests.
+#
+#   e2e/headscale.sh start DIR VERSION [--owner-pid PID]
+#       VERSION is one of HSOP_HEADSCALE_BINS (e.g. v0.28.0, v0.29.2; the leading v is optional).
+#       The first start renders DIR/config.yaml from e2e/headscale/config.template.yaml with free
+#       ports; later starts reuse it, so stop+start is a restart on the same ports and database
+#       (also across versions, for upgrade tests). Runs `headscale serve` in its own session
+#       (log: DIR/headscale.log, appended; pid: DIR/headscale.pid), waits for GET /health = 200,
+#       and makes sure DIR/api-key (mode 0600) holds a working API key, minting one over the unix
+#       socket (`apikeys create --expiration 1d`) when there is none or it stopped working.
+#       Writes DIR/url (http://127.0.0.1:PORT) and DIR/socket (the CLI's unix socket path).
+#       The key is never printed.
+#       --owner-pid PID: a watchdog runs `stop DIR` as soon as PID exits.
+#   e2e/headscale.sh stop DIR
+#       TERM, then KILL after ~10 s. Idempotent; succeeds when nothing runs.
+#
+# Binaries: HSOP_HEADSCALE_BINS ("v0.28.0=/path/headscale v0.29.2=/path/headscale"), read from
+# `e2e/tools.sh env` when unset.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+self="$here/$(basename "${BASH_SOURCE[0]}")"
+TEMPLATE=$here/headscale/config.template.yaml
+WAIT_SECONDS=${HSOP_HEADSCALE_WAIT_SECONDS:-60}
+
+log() { printf '[headscale] %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+usage() {
+  echo "usage: $0 start DIR VERSION [--owner-pid PID] | $0 stop DIR" >&2
+  exit 2
+}
+
+alive() {
+  local state
+  state=$(sed -e 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
+  [ -n "$state" ] && [ "$state" != Z ]
+}
+
+# True when PID is alive and its command line mentions DIR (guards against recycled pids).
+owns_pid() {
+  [ -n "$1" ] && alive "$1" || return 1
+  { tr '\0' ' ' <"/proc/$1/cmdline"; } 2>/dev/null | grep -qF -- "$2"
+}
+
+find_binary() {
+  local want=${1#v} entry
+  [ -n "${HSOP_HEADSCALE_BINS:-}" ] || eval "$("$here/tools.sh" env)"
+  for entry in $HSOP_HEADSCALE_BINS; do
+    if [ "${entry%%=*}" = "v$want" ] || [ "${entry%%=*}" = "$want" ]; then
+      [ -x "${entry#*=}" ] || die "headscale $1 is not built: ${entry#*=} (run e2e/tools.sh ensure)"
+      echo "${entry#*=}"
+      return 0
+    fi
+  done
+  die "no headscale binary for version $1 in HSOP_HEADSCALE_BINS ($HSOP_HEADSCALE_BINS)"
+}
+
+# Prints three free ports on 127.0.0.1: HTTP (tcp), metrics (tcp), STUN (udp), drawn at random
+# below the kernel's ephemeral range.
+free_ports() {
+  python3 - <<'PY'
+import random, socket
+lo, hi = 20000, 32000
+try:
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        hi = min(hi, int(f.read().split()[0]) - 1)
+except OSError:
+    pass
+held, out = [], []
+for kind in (socket.SOCK_STREAM, socket.SOCK_STREAM, socket.SOCK_DGRAM):
+    while True:
+        p = random.randint(lo, hi)
+        if p in out:
+            continue
+        s = socket.socket(socket.AF_INET, kind)
+        try:
+            s.bind(("127.0.0.1", p))
+        except OSError:
+            s.close()
+            continue
+        held.append(s)
+        out.append(p)
+        break
+for s in held:
+    s.close()
+print(" ".join(map(str, out)))
+PY
+}
+
+render_config() {
+  local port metrics stun sock
+  read -r port metrics stun <<<"$(free_ports)"
+  sock=$DIR/hs.sock
+  if [ "${#sock}" -ge 100 ]; then
+    # Unix socket paths are limited to ~108 bytes: use a short directory keyed by DIR.
+    sock=/tmp/hsop-hs-$(printf '%s' "$DIR" | sha256sum | cut -c1-12)/hs.sock
+  fi
+  python3 - "$TEMPLATE" "$DIR/config.yaml" "$DIR" "$port" "$metrics" "$stun" "$sock" <<'PY'
+import sys
+src, dst, d, port, metrics, stun, sock = sys.argv[1:]
+text = open(src).read()
+for k, v in (("@DIR@", d), ("@PORT@", port), ("@METRICS_PORT@", metrics),
+             ("@STUN_PORT@", stun), ("@SOCKET@", sock)):
+    text = text.replace(k, v)
+assert "@" not in "".join(l for l in text.splitlines() if not l.lstrip().startswith("#")), "unreplaced placeholder"
+open(dst, "w").write(text)
+PY
+  log "rendered $DIR/config.yaml (port $port, metrics $metrics, stun udp $stun)"
+}
+
+# Reads a top-level or nested scalar from the rendered config (only the two keys we need).
+config_value() {
+  sed -n "s/^$1: *//p" "$DIR/config.yaml" | head -n1
+}
+
+fail_with_log() {
+  log "ERROR: $1"
+  if [ -f "$DIR/headscale.log" ]; then
+    log "---- last 40 lines of $DIR/headscale.log ----"
+    tail -n 40 "$DIR/headscale.log" >&2 || true
+    log "----"
+  fi
+  exit 1
+}
+
+healthy() {
+  [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$URL/health")" = 200 ]
+}
+
+key_works() {
+  [ -s "$DIR/api-key" ] || return 1
+  local code
+  # The key goes to curl through a header file on stdin, never through argv.
+  code=$(printf 'Authorization: Bearer %s\n' "$(cat "$DIR/api-key")" |
+    curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H @- "$URL/api/v1/apikey") || true
+  [ "$code" = 200 ]
+}
+
+mint_key() {
+  local out key
+  out=$(env -u HEADSCALE_CLI_ADDRESS -u HEADSCALE_CLI_API_KEY -u HEADSCALE_CONFIG \
+    "$BIN" -c "$DIR/config.yaml" apikeys create --expiration 1d 2>>"$DIR/cli.log") ||
+    fail_with_log "headscale apikeys create failed (see $DIR/cli.log)"
+  key=$(printf '%s\n' "$out" | grep -oE 'hskey-api-[A-Za-z0-9_-]+' | tail -n1 || true)
+  [ -n "$key" ] || key=$(printf '%s\n' "$out" | sed -n '/[^[:space:]]/p' | tail -n1 | tr -d '[:space:]"')
+  [ -n "$key" ] || die "headscale apikeys create printed no key"
+  (umask 077 && printf '%s' "$key" >"$DIR/api-key.tmp")
+  mv -f "$DIR/api-key.tmp" "$DIR/api-key"
+  chmod 0600 "$DIR/api-key"
+}
+
+start_watchdog() {
+  local owner=$1 starttime
+  [ -d "/proc/$owner" ] || die "--owner-pid $owner is not a running process"
+  starttime=$(sed -e 's/.*) //' "/proc/$owner/stat" | cut -d' ' -f20)
+  setsid "$self" __watchdog "$DIR" "$owner" "$starttime" </dev/null >>"$DIR/watchdog.log" 2>&1 &
+  echo "$!" >"$DIR/watchdog.pid"
+}
+
+watchdog() {
+  local dir=$1 owner=$2 starttime=$3 stat
+  local -a f
+  while stat=$(sed -e 's/.*) //' "/proc/$owner/stat" 2>/dev/null); do
+    read -r -a f <<<"$stat" # fields after "(comm)": f[0] = state, f[19] = starttime
+    [ "${f[0]}" != Z ] && [ "${f[19]}" = "$starttime" ] || break
+    sleep 1
+  done
+  echo "owner pid $owner exited; stopping headscale in $dir"
+  exec "$self" stop "$dir"
+}
+
+STARTED=0
+on_start_exit() {
+  local rc=$?
+  if [ "$STARTED" != 1 ]; then
+    [ "$rc" != 0 ] || rc=1
+    cmd_stop "$DIR" || true
+  fi
+  exit "$rc"
+}
+
+cmd_start() {
+  local version owner="" t0=$SECONDS
+  DIR=$1 version=$2; shift 2
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --owner-pid) [ $# -ge 2 ] || usage; owner=$2; shift 2 ;;
+      --owner-pid=*) owner=${1#*=}; shift ;;
+      *) usage ;;
+    esac
+  done
+  if [ -n "$owner" ] && ! [[ $owner =~ ^[0-9]+$ ]]; then die "--owner-pid needs a pid"; fi
+  mkdir -p "$DIR"
+  DIR=$(cd "$DIR" && pwd -P)
+  BIN=$(find_binary "$version")
+  if [ -f "$DIR/headscale.pid" ] && owns_pid "$(cat "$DIR/headscale.pid")" "$DIR"; then
+    die "headscale already runs for $DIR (pid $(cat "$DIR/headscale.pid")); stop it first"
+  fi
+  [ -f "$DIR/config.yaml" ] || render_config
+  local port sock
+  port=$(config_value listen_addr)
+  port=${port##*:}
+  URL=http://127.0.0.1:$port
+  sock=$(config_value unix_socket)
+  if [ "$(dirname "$sock")" != "$DIR" ]; then
+    mkdir -p "$(dirname "$sock")"
+    chmod 0700 "$(dirname "$sock")"
+  fi
+
+  trap on_start_exit EXIT
+  trap 'exit 130' INT TERM
+  [ -z "$owner" ] || start_watchdog "$owner"
+  printf '\n==== %s: start %s (%s) ====\n' "$(date -u +%FT%TZ)" "$version" "$BIN" >>"$DIR/headscale.log"
+  # Not a process-group leader (no job control here), so setsid execs in place: $! is headscale.
+  env -u HEADSCALE_CONFIG setsid "$BIN" -c "$DIR/config.yaml" serve </dev/null >>"$DIR/headscale.log" 2>&1 &
+  local pid=$!
+  echo "$pid" >"$DIR/headscale.pid"
+
+  local deadline=$((SECONDS + WAIT_SECONDS))
+  until healthy; do
+    alive "$pid" || fail_with_log "headscale exited during start-up"
+    [ "$SECONDS" -lt "$deadline" ] || fail_with_log "no GET /health = 200 within ${WAIT_SECONDS}s"
+    sleep 0.2
+  done
+  # Another process answering on the port must not pass for ours.
+  alive "$pid" || fail_with_log "headscale exited during start-up"
+  local t_health=$((SECONDS - t0))
+  if ! key_works; then
+    [ ! -s "$DIR/api-key" ] || log "the API key in $DIR/api-key no longer works; minting a new one"
+    mint_key
+    key_works || fail_with_log "the freshly minted API key is rejected"
+  fi
+  echo "$URL" >"$DIR/url"
+  echo "$sock" >"$DIR/socket"
+  STARTED=1
+  log "headscale $version up at $URL in $((SECONDS - t0))s (healthy after ${t_health}s; key in $DIR/api-key)"
+}
+
+cmd_stop() {
+  DIR=$1
+  [ -d "$DIR" ] || return 0
+  DIR=$(cd "$DIR" && pwd -P)
+  local name pid entries=()
+  for name in watchdog headscale; do
+    [ -f "$DIR/$name.pid" ] || continue
+    pid=$(cat "$DIR/$name.pid" 2>/dev/null || true)
+    [ "$pid" != "$$" ] || continue # the watchdog itself is running this stop
+    if owns_pid "$pid" "$DIR"; then
+      kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+      entries+=("$pid")
+    fi
+    rm -f "$DIR/$name.pid"
+  done
+  local deadline=$((SECONDS + 10)) remaining
+  while [ "${#entries[@]}" -gt 0 ]; do
+    remaining=()
+    for pid in "${entries[@]}"; do owns_pid "$pid" "$DIR" && remaining+=("$pid"); done
+    [ "${#remaining[@]}" -gt 0 ] || break
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      for pid in "${remaining[@]}"; do
+        log "pid $pid ignored TERM; sending KILL"
+        kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+      done
+      break
+    fi
+    sleep 0.1
+  done
+  rm -f "$DIR/watchdog.pid"
+  # A socket outside DIR (long DIR paths) lives in its own short /tmp directory: remove it.
+  local sock
+  sock=$([ -f "$DIR/config.yaml" ] && config_value unix_socket || true)
+  if [ -n "$sock" ] && [ "$(dirname "$sock")" != "$DIR" ]; then
+    rm -f "$sock"
+    rmdir "$(dirname "$sock")" 2>/dev/null || true
+  fi
+  [ "${#entries[@]}" -eq 0 ] || log "stopped headscale in $DIR"
+}
+
+[ $# -ge 1 ] || usage
+case $1 in
+  start) [ $# -ge 3 ] || usage; shift; cmd_start "$@" ;;
+  stop) [ $# -eq 2 ] || usage; cmd_stop "$2" ;;
+  __watchdog) [ $# -eq 4 ] || usage; watchdog "$2" "$3" "$4" ;;
+  *) usage ;;
+esac
