@@ -62,7 +62,8 @@ helm install headscale-operator charts/headscale-operator --namespace headscale-
 kubectl -n headscale-operator-system get deploy,sa
 
 step "operator (with the chart's RBAC)"
-e2e/operator.sh start "$RUN/operator" "${owner[@]}" -- --resync-seconds 2 --max-backoff-seconds 4 --log-level info,headscale_operator=debug
+e2e/operator.sh start "$RUN/operator" "${owner[@]}" -- --resync-seconds 2 --max-backoff-seconds 4 --log-level info,headscale_operator=debug \
+  --leader-election --leader-election-namespace headscale-operator-system
 
 step "integration tests"
 HSOP_E2E_DIR=$RUN cargo test --test e2e -- --test-threads 4

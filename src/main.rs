@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 use headscale_operator::api;
 use headscale_operator::controller::{self, Settings};
 use headscale_operator::http::{self, ProbeState};
+use headscale_operator::leader::{Elector, LeaseConfig};
 use headscale_operator::metrics::Metrics;
 use headscale_operator::telemetry::{self, LogFormat};
 
@@ -61,6 +62,19 @@ struct RunArgs {
     /// Longest wait between retries of a failing server, in seconds.
     #[arg(long, env = "HSOP_MAX_BACKOFF_SECONDS", default_value_t = 300)]
     max_backoff_seconds: u64,
+    /// Reconcile only while holding a Lease, so several replicas can run.
+    #[arg(long, env = "HSOP_LEADER_ELECTION", default_value_t = false)]
+    leader_election: bool,
+    /// Namespace of the leader-election Lease (the chart sets the pod's namespace).
+    #[arg(long, env = "HSOP_LEADER_ELECTION_NAMESPACE", default_value = "default")]
+    leader_election_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(
+        long,
+        env = "HSOP_LEADER_ELECTION_LEASE",
+        default_value = "headscale-operator"
+    )]
+    leader_election_lease: String,
 }
 
 #[tokio::main]
@@ -113,18 +127,70 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
     };
     let probe_addr = args.probe_addr;
-    let probe_server = tokio::spawn(async move { http::serve(probe_addr, probe).await });
-    tokio::select! {
+    let mut probe_server = tokio::spawn(async move { http::serve(probe_addr, probe).await });
+
+    let mut elector = args.leader_election.then(|| {
+        Elector::new(
+            client.clone(),
+            LeaseConfig {
+                namespace: args.leader_election_namespace.clone(),
+                name: args.leader_election_lease.clone(),
+                identity: identity(),
+                duration: Duration::from_secs(15),
+                renew_every: Duration::from_secs(5),
+            },
+        )
+    });
+    if let Some(elector) = elector.as_mut() {
+        // A standby replica is healthy and ready; it just does not reconcile.
+        ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        tokio::select! {
+            () = elector.acquire() => {}
+            res = &mut probe_server => return probe_failed(probe_addr, res),
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+        ready.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+    let hold = async {
+        match elector.as_mut() {
+            Some(e) => e.hold().await,
+            None => std::future::pending().await,
+        }
+    };
+    let outcome = tokio::select! {
         () = controller::run(client, settings, metrics, ready) => {
             tracing::info!("controllers stopped");
+            Ok(())
         }
-        res = probe_server => {
-            match res {
-                Ok(Err(e)) => anyhow::bail!("probe endpoint on {probe_addr} failed: {e}"),
-                Err(e) => anyhow::bail!("probe endpoint task failed: {e}"),
-                Ok(Ok(())) => {}
-            }
-        }
+        res = &mut probe_server => probe_failed(probe_addr, res),
+        lost = hold => Err(anyhow::Error::new(lost)),
+    };
+    if let Some(elector) = elector.as_mut()
+        && outcome.is_ok()
+    {
+        elector.release().await;
     }
-    Ok(())
+    outcome
+}
+
+/// This replica's name in the Lease: the pod name in a cluster, else host and pid.
+fn identity() -> String {
+    std::env::var("POD_NAME")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            format!("{}-{}", host.trim(), std::process::id())
+        })
+}
+
+fn probe_failed(
+    addr: SocketAddr,
+    res: Result<std::io::Result<()>, tokio::task::JoinError>,
+) -> anyhow::Result<()> {
+    match res {
+        Ok(Err(e)) => anyhow::bail!("probe endpoint on {addr} failed: {e}"),
+        Err(e) => anyhow::bail!("probe endpoint task failed: {e}"),
+        Ok(Ok(())) => Ok(()),
+    }
 }

@@ -390,3 +390,61 @@ async fn operator_rbac_is_least_privilege() {
         assert!(!can(verb, resource), "the operator must not {verb} {resource}");
     }
 }
+
+#[tokio::test]
+async fn only_the_lease_holder_reconciles() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let client = admin_client().await;
+    let leases = Api::<Lease>::namespaced(client.clone(), "headscale-operator-system");
+    let lease = leases
+        .get("headscale-operator")
+        .await
+        .expect("the running operator holds a Lease");
+    let pid = std::fs::read_to_string(run_dir().join("operator/operator.pid")).unwrap();
+    let holder = lease.spec.unwrap().holder_identity.unwrap_or_default();
+    assert!(
+        holder.ends_with(&format!("-{}", pid.trim())),
+        "holder {holder:?} is not the operator (pid {pid})"
+    );
+
+    // A second replica with the same credentials stands by: ready, but not reconciling.
+    let ns = namespace(&client, "standby").await;
+    let log = run_dir().join(format!("standby-{ns}.log"));
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut standby = tokio::process::Command::new(env!("CARGO_BIN_EXE_headscale-operator"))
+        .args(["run", "--log-format", "json", "--leader-election"])
+        .args([
+            "--leader-election-namespace",
+            "headscale-operator-system",
+            "--watch-namespace",
+            &ns,
+        ])
+        .args(["--probe-addr", &format!("127.0.0.1:{port}")])
+        .env("KUBECONFIG", run_dir().join("operator/operator.kubeconfig"))
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for("standby replica waiting", WAIT, || async {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("another replica leads; waiting") {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    })
+    .await;
+    let readyz = reqwest_get(&format!("http://127.0.0.1:{port}/readyz")).await;
+    assert_eq!(readyz, "ready", "a standby replica is ready");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains("became leader"),
+        "the standby took the lease from a live leader:\n{text}"
+    );
+    standby.kill().await.unwrap();
+}

@@ -212,10 +212,12 @@ async fn reconcile_inner(hs: &HeadscaleServer, ctx: &Context) -> Result<Action, 
         .map_err(Error::PatchStatus)?;
     }
 
-    if let Some(event) = transition_event(
+    let event = transition_event(
         conditions::find(&old_status.conditions, conditions::READY),
         conditions::find(&new_status.conditions, conditions::READY),
-    ) {
+    );
+    log_outcome(hs, &outcome, event.is_some());
+    if let Some(event) = event {
         publish(ctx, hs, event).await;
     }
 
@@ -227,7 +229,6 @@ async fn reconcile_inner(hs: &HeadscaleServer, ctx: &Context) -> Result<Action, 
             name: hs.name_any(),
         })
         .set(i64::from(ready));
-    log_outcome(hs, &outcome);
 
     Ok(match outcome {
         Outcome::NotReady { transient: true, .. } => {
@@ -248,14 +249,17 @@ async fn reconcile_inner(hs: &HeadscaleServer, ctx: &Context) -> Result<Action, 
     })
 }
 
-fn log_outcome(hs: &HeadscaleServer, outcome: &Outcome) {
-    match outcome {
-        Outcome::Ready { version, endpoint } => tracing::debug!(
-            server = %object_key(hs), %version, %endpoint, "server ready"
-        ),
-        Outcome::NotReady { reason, message, .. } => tracing::info!(
-            server = %object_key(hs), %reason, %message, "server not ready"
-        ),
+/// Logs a change of state at info, and the same state again only at debug.
+fn log_outcome(hs: &HeadscaleServer, outcome: &Outcome, changed: bool) {
+    let server = object_key(hs);
+    match (outcome, changed) {
+        (Outcome::Ready { version, endpoint }, true) => {
+            tracing::info!(%server, %version, %endpoint, "server ready")
+        }
+        (Outcome::NotReady { reason, message, .. }, true) => {
+            tracing::info!(%server, %reason, %message, "server not ready")
+        }
+        (outcome, false) => tracing::debug!(%server, ?outcome, "server unchanged"),
     }
 }
 
