@@ -21,26 +21,15 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 self="$here/$(basename "${BASH_SOURCE[0]}")"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$here/lib.sh"
+LOG_PREFIX=headscale
 TEMPLATE=$here/headscale/config.template.yaml
 WAIT_SECONDS=${HSOP_HEADSCALE_WAIT_SECONDS:-60}
 
-log() { printf '[headscale] %s\n' "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
 usage() {
   echo "usage: $0 start DIR VERSION [--owner-pid PID] | $0 stop DIR" >&2
   exit 2
-}
-
-alive() {
-  local state
-  state=$(sed -e 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
-  [ -n "$state" ] && [ "$state" != Z ]
-}
-
-# True when PID is alive and its command line mentions DIR (guards against recycled pids).
-owns_pid() {
-  [ -n "$1" ] && alive "$1" || return 1
-  { tr '\0' ' ' <"/proc/$1/cmdline"; } 2>/dev/null | grep -qF -- "$2"
 }
 
 find_binary() {
@@ -56,41 +45,10 @@ find_binary() {
   die "no headscale binary for version $1 in HSOP_HEADSCALE_BINS ($HSOP_HEADSCALE_BINS)"
 }
 
-# Prints three free ports on 127.0.0.1: HTTP (tcp), metrics (tcp), STUN (udp), drawn at random
-# below the kernel's ephemeral range.
-free_ports() {
-  python3 - <<'PY'
-import random, socket
-lo, hi = 20000, 32000
-try:
-    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-        hi = min(hi, int(f.read().split()[0]) - 1)
-except OSError:
-    pass
-held, out = [], []
-for kind in (socket.SOCK_STREAM, socket.SOCK_STREAM, socket.SOCK_DGRAM):
-    while True:
-        p = random.randint(lo, hi)
-        if p in out:
-            continue
-        s = socket.socket(socket.AF_INET, kind)
-        try:
-            s.bind(("127.0.0.1", p))
-        except OSError:
-            s.close()
-            continue
-        held.append(s)
-        out.append(p)
-        break
-for s in held:
-    s.close()
-print(" ".join(map(str, out)))
-PY
-}
-
 render_config() {
   local port metrics stun sock
-  read -r port metrics stun <<<"$(free_ports)"
+  # HTTP (tcp), metrics (tcp), STUN (udp)
+  read -r port metrics stun <<<"$(free_ports tcp tcp udp)"
   sock=$DIR/hs.sock
   if [ "${#sock}" -ge 100 ]; then
     # Unix socket paths are limited to ~108 bytes: use a short directory keyed by DIR.
@@ -114,16 +72,6 @@ config_value() {
   sed -n "s/^$1: *//p" "$DIR/config.yaml" | head -n1
 }
 
-fail_with_log() {
-  log "ERROR: $1"
-  if [ -f "$DIR/headscale.log" ]; then
-    log "---- last 40 lines of $DIR/headscale.log ----"
-    tail -n 40 "$DIR/headscale.log" >&2 || true
-    log "----"
-  fi
-  exit 1
-}
-
 healthy() {
   [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$URL/health")" = 200 ]
 }
@@ -141,33 +89,13 @@ mint_key() {
   local out key
   out=$(env -u HEADSCALE_CLI_ADDRESS -u HEADSCALE_CLI_API_KEY -u HEADSCALE_CONFIG \
     "$BIN" -c "$DIR/config.yaml" apikeys create --expiration 1d 2>>"$DIR/cli.log") ||
-    fail_with_log "headscale apikeys create failed (see $DIR/cli.log)"
+    fail_with_log "$DIR/headscale.log" "headscale apikeys create failed (see $DIR/cli.log)"
   key=$(printf '%s\n' "$out" | grep -oE 'hskey-api-[A-Za-z0-9_-]+' | tail -n1 || true)
   [ -n "$key" ] || key=$(printf '%s\n' "$out" | sed -n '/[^[:space:]]/p' | tail -n1 | tr -d '[:space:]"')
   [ -n "$key" ] || die "headscale apikeys create printed no key"
   (umask 077 && printf '%s' "$key" >"$DIR/api-key.tmp")
   mv -f "$DIR/api-key.tmp" "$DIR/api-key"
   chmod 0600 "$DIR/api-key"
-}
-
-start_watchdog() {
-  local owner=$1 starttime
-  [ -d "/proc/$owner" ] || die "--owner-pid $owner is not a running process"
-  starttime=$(sed -e 's/.*) //' "/proc/$owner/stat" | cut -d' ' -f20)
-  setsid "$self" __watchdog "$DIR" "$owner" "$starttime" </dev/null >>"$DIR/watchdog.log" 2>&1 &
-  echo "$!" >"$DIR/watchdog.pid"
-}
-
-watchdog() {
-  local dir=$1 owner=$2 starttime=$3 stat
-  local -a f
-  while stat=$(sed -e 's/.*) //' "/proc/$owner/stat" 2>/dev/null); do
-    read -r -a f <<<"$stat" # fields after "(comm)": f[0] = state, f[19] = starttime
-    [ "${f[0]}" != Z ] && [ "${f[19]}" = "$starttime" ] || break
-    sleep 1
-  done
-  echo "owner pid $owner exited; stopping headscale in $dir"
-  exec "$self" stop "$dir"
 }
 
 STARTED=0
@@ -181,16 +109,10 @@ on_start_exit() {
 }
 
 cmd_start() {
-  local version owner="" t0=$SECONDS
+  local version t0=$SECONDS
   DIR=$1 version=$2; shift 2
-  while [ $# -gt 0 ]; do
-    case $1 in
-      --owner-pid) [ $# -ge 2 ] || usage; owner=$2; shift 2 ;;
-      --owner-pid=*) owner=${1#*=}; shift ;;
-      *) usage ;;
-    esac
-  done
-  if [ -n "$owner" ] && ! [[ $owner =~ ^[0-9]+$ ]]; then die "--owner-pid needs a pid"; fi
+  parse_owner_pid "$@"
+  [ "${#OPT_REST[@]}" -eq 0 ] || usage
   mkdir -p "$DIR"
   DIR=$(cd "$DIR" && pwd -P)
   BIN=$(find_binary "$version")
@@ -210,26 +132,23 @@ cmd_start() {
 
   trap on_start_exit EXIT
   trap 'exit 130' INT TERM
-  [ -z "$owner" ] || start_watchdog "$owner"
+  [ -z "$OWNER_PID" ] || start_watchdog "$OWNER_PID" "$DIR/watchdog.pid" "$DIR/watchdog.log" \
+    "headscale in $DIR" "$self" stop "$DIR"
   printf '\n==== %s: start %s (%s) ====\n' "$(date -u +%FT%TZ)" "$version" "$BIN" >>"$DIR/headscale.log"
   # Not a process-group leader (no job control here), so setsid execs in place: $! is headscale.
   env -u HEADSCALE_CONFIG setsid "$BIN" -c "$DIR/config.yaml" serve </dev/null >>"$DIR/headscale.log" 2>&1 &
   local pid=$!
   echo "$pid" >"$DIR/headscale.pid"
 
-  local deadline=$((SECONDS + WAIT_SECONDS))
-  until healthy; do
-    alive "$pid" || fail_with_log "headscale exited during start-up"
-    [ "$SECONDS" -lt "$deadline" ] || fail_with_log "no GET /health = 200 within ${WAIT_SECONDS}s"
-    sleep 0.2
-  done
-  # Another process answering on the port must not pass for ours.
-  alive "$pid" || fail_with_log "headscale exited during start-up"
+  local rc=0
+  await "$pid" "$WAIT_SECONDS" healthy || rc=$?
+  [ "$rc" != 1 ] || fail_with_log "$DIR/headscale.log" "headscale exited during start-up"
+  [ "$rc" = 0 ] || fail_with_log "$DIR/headscale.log" "no GET /health = 200 within ${WAIT_SECONDS}s"
   local t_health=$((SECONDS - t0))
   if ! key_works; then
     [ ! -s "$DIR/api-key" ] || log "the API key in $DIR/api-key no longer works; minting a new one"
     mint_key
-    key_works || fail_with_log "the freshly minted API key is rejected"
+    key_works || fail_with_log "$DIR/headscale.log" "the freshly minted API key is rejected"
   fi
   echo "$URL" >"$DIR/url"
   echo "$sock" >"$DIR/socket"
@@ -241,31 +160,7 @@ cmd_stop() {
   DIR=$1
   [ -d "$DIR" ] || return 0
   DIR=$(cd "$DIR" && pwd -P)
-  local name pid entries=()
-  for name in watchdog headscale; do
-    [ -f "$DIR/$name.pid" ] || continue
-    pid=$(cat "$DIR/$name.pid" 2>/dev/null || true)
-    [ "$pid" != "$$" ] || continue # the watchdog itself is running this stop
-    if owns_pid "$pid" "$DIR"; then
-      kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-      entries+=("$pid")
-    fi
-    rm -f "$DIR/$name.pid"
-  done
-  local deadline=$((SECONDS + 10)) remaining
-  while [ "${#entries[@]}" -gt 0 ]; do
-    remaining=()
-    for pid in "${entries[@]}"; do owns_pid "$pid" "$DIR" && remaining+=("$pid"); done
-    [ "${#remaining[@]}" -gt 0 ] || break
-    if [ "$SECONDS" -ge "$deadline" ]; then
-      for pid in "${remaining[@]}"; do
-        log "pid $pid ignored TERM; sending KILL"
-        kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-      done
-      break
-    fi
-    sleep 0.1
-  done
+  stop_pidfiles "$DIR" "$DIR/watchdog.pid" "$DIR/headscale.pid"
   rm -f "$DIR/watchdog.pid"
   # A socket outside DIR (long DIR paths) lives in its own short /tmp directory: remove it.
   local sock
@@ -274,13 +169,7 @@ cmd_stop() {
     rm -f "$sock"
     rmdir "$(dirname "$sock")" 2>/dev/null || true
   fi
-  [ "${#entries[@]}" -eq 0 ] || log "stopped headscale in $DIR"
+  [ "${#STOPPED[@]}" -eq 0 ] || log "stopped headscale in $DIR"
 }
 
-[ $# -ge 1 ] || usage
-case $1 in
-  start) [ $# -ge 3 ] || usage; shift; cmd_start "$@" ;;
-  stop) [ $# -eq 2 ] || usage; cmd_stop "$2" ;;
-  __watchdog) [ $# -eq 4 ] || usage; watchdog "$2" "$3" "$4" ;;
-  *) usage ;;
-esac
+dispatch start 2 stop "$@"

@@ -12,25 +12,30 @@
 #   e2e/operator.sh stop DIR
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$here/lib.sh"
 LOG_PREFIX=operator
 
 NS=${HSOP_OPERATOR_NAMESPACE:-headscale-operator-system}
 SA=${HSOP_OPERATOR_SA:-headscale-operator}
 BIN=${HSOP_OPERATOR_BIN:-$here/../target/debug/headscale-operator}
+usage() {
+  case ${1:-} in
+    start) die "usage: $0 start DIR [--owner-pid PID] [-- ARGS]" ;;
+    stop) die "usage: $0 stop DIR" ;;
+    *) die "usage: $0 start DIR [--owner-pid PID] [-- ARGS] | $0 stop DIR" ;;
+  esac
+}
 
 cmd_start() {
-  local dir=$1 owner="" port server ca token
+  local dir=$1 port server ca token
   shift
   local -a extra=()
-  while [ $# -gt 0 ]; do
-    case $1 in
-      --owner-pid) owner=$2; shift 2 ;;
-      --) shift; extra=("$@"); break ;;
-      *) die "unknown argument $1" ;;
-    esac
-  done
+  parse_owner_pid "$@"
+  if [ "${#OPT_REST[@]}" -gt 0 ]; then
+    [ "${OPT_REST[0]}" = -- ] || die "unknown argument ${OPT_REST[0]}"
+    extra=("${OPT_REST[@]:1}")
+  fi
   mkdir -p "$dir"
   dir=$(cd "$dir" && pwd -P)
   [ -x "$BIN" ] || die "operator binary $BIN is missing (cargo build first)"
@@ -57,34 +62,30 @@ contexts:
 current-context: e2e
 KC
   umask "$old_umask"
-  port=$(free_tcp_port)
-  KUBECONFIG=$dir/operator.kubeconfig setsid "$BIN" run --log-format json \
+  # The watchdog first: a bad --owner-pid fails before anything runs.
+  [ -z "$OWNER_PID" ] || start_watchdog "$OWNER_PID" "$dir/operator.watchdog.pid" /dev/null \
+    "the operator in $dir" "$here/operator.sh" stop "$dir"
+  port=$(free_ports tcp)
+  # The operator's arguments name no path of DIR: the environment marks it as DIR's (owns_pid).
+  KUBECONFIG=$dir/operator.kubeconfig E2E_OWNER_DIR=$dir setsid "$BIN" run --log-format json \
     --probe-addr "127.0.0.1:$port" "${extra[@]}" </dev/null >>"$dir/operator.log" 2>&1 &
-  echo $! >"$dir/operator.pid"
+  local pid=$!
+  echo "$pid" >"$dir/operator.pid"
   echo "http://127.0.0.1:$port" >"$dir/operator.url"
-  [ -z "$owner" ] || start_watchdog "$owner" "$here/operator.sh" stop "$dir"
-  local pid t=0
-  pid=$(cat "$dir/operator.pid")
-  until curl -sf --max-time 2 "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; do
-    if ! pid_alive "$pid" || [ "$t" -ge 60 ]; then
-      tail -n 30 "$dir/operator.log" >&2
-      cmd_stop "$dir"
-      die "operator did not become ready (log: $dir/operator.log)"
-    fi
-    t=$((t + 1))
-    sleep 1
-  done
-  log "operator running as $NS/$SA (pid $(cat "$dir/operator.pid"), probes at http://127.0.0.1:$port)"
+  if ! await "$pid" 60 curl -sf --max-time 2 "http://127.0.0.1:$port/readyz"; then
+    tail -n 30 "$dir/operator.log" >&2
+    cmd_stop "$dir"
+    die "operator did not become ready (log: $dir/operator.log)"
+  fi
+  log "operator running as $NS/$SA (pid $pid, probes at http://127.0.0.1:$port)"
 }
 
 cmd_stop() {
-  stop_pidfile "$1/operator.pid"
-  stop_pidfile "$1/operator.watchdog.pid"
+  local dir=$1
+  [ -d "$dir" ] || return 0
+  dir=$(cd "$dir" && pwd -P)
+  stop_pidfiles "$dir" "$dir/operator.watchdog.pid" "$dir/operator.pid"
+  rm -f "$dir/operator.watchdog.pid"
 }
 
-case "${1:-}" in
-  start) shift; [ $# -ge 1 ] || die "usage: $0 start DIR [--owner-pid PID] [-- ARGS]"; cmd_start "$@" ;;
-  stop) [ $# -eq 2 ] || die "usage: $0 stop DIR"; cmd_stop "$2" ;;
-  __watchdog) shift; watchdog_loop "$@" ;;
-  *) die "usage: $0 start DIR [--owner-pid PID] [-- ARGS] | $0 stop DIR" ;;
-esac
+dispatch start 1 stop "$@"
