@@ -35,7 +35,8 @@ esac
 step "tools (cached in ~/.cache/headscale-operator; a cold machine builds them once)"
 e2e/tools.sh ensure >/dev/null
 eval "$(e2e/tools.sh env)"
-export PATH="$HSOP_K8S_BIN:$(dirname "$HSOP_HELM_BIN"):$PATH"
+PATH="$HSOP_K8S_BIN:$(dirname "$HSOP_HELM_BIN"):$PATH"
+export PATH
 cargo build --quiet
 
 # A demo left running from before is replaced.

