@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct SecretString(String);
 
 impl SecretString {
@@ -21,6 +21,14 @@ impl SecretString {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+}
+
+/// Reading a secret from a response is fine; writing one out is what must not happen,
+/// so there is still no `Serialize`.
+impl<'de> serde::Deserialize<'de> for SecretString {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <String as serde::Deserialize>::deserialize(d).map(SecretString)
     }
 }
 
@@ -46,5 +54,12 @@ mod tests {
         assert!(!format!("{s:?}").contains("supersecret"));
         assert!(!format!("{s}").contains("supersecret"));
         assert_eq!(s.expose(), "hskey-api-abcdefghijkl-supersecret");
+    }
+
+    #[test]
+    fn deserializes_and_stays_redacted() {
+        let s: SecretString = serde_json::from_str(r#""hskey-auth-x-supersecret""#).unwrap();
+        assert_eq!(s.expose(), "hskey-auth-x-supersecret");
+        assert!(!format!("{s:?}").contains("supersecret"));
     }
 }

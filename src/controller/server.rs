@@ -347,8 +347,17 @@ fn outcome_from_error(e: &headscale::Error) -> Outcome {
         H::Unauthorized { .. } => (reason::API_KEY_REJECTED, true),
         H::UnsupportedVersion { .. } => (reason::UNSUPPORTED_VERSION, true),
         H::InvalidUrl { .. } => (reason::INVALID_SPEC, true),
-        H::Unreachable { .. } | H::ServerError { .. } => (reason::SERVER_UNREACHABLE, false),
-        H::NotFound { .. } | H::UnexpectedResponse { .. } => (reason::UNEXPECTED_RESPONSE, false),
+        H::Unreachable { .. } | H::Timeout { .. } | H::ServerError { .. } => {
+            (reason::SERVER_UNREACHABLE, false)
+        }
+        // The probe's calls (version, health) cannot produce these; if a server ever
+        // answers them so, it is as unexpected as a 404.
+        H::NotFound { .. }
+        | H::Conflict { .. }
+        | H::InvalidInput { .. }
+        | H::PolicyRejected { .. }
+        | H::Unsupported { .. }
+        | H::UnexpectedResponse { .. } => (reason::UNEXPECTED_RESPONSE, false),
     };
     let message = match e {
         H::Unauthorized { .. } => {

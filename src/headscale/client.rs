@@ -1,46 +1,196 @@
-//! The HTTP client. One instance per server; cheap to clone (connection pool shared).
+//! The transport: one [`Client`] per server, cheap to clone (connection pool, rate
+//! limiter and version cache are shared). The calls themselves live in one file per
+//! API area (`users.rs`, `nodes.rs`, `keys.rs`, `policy.rs`).
+//!
+//! - Timeouts on connect and on every request.
+//! - Connection reuse (reqwest's pool, kept warm for `max_in_flight` connections).
+//! - A bounded request rate ([`Limiter`]): every authenticated request costs the
+//!   server a bcrypt comparison.
+//! - GETs are retried a bounded number of times on transient errors; POST, PUT and
+//!   DELETE never are (a repeated create or expire is not the same as one).
+//! - The server's version is read from `/version` before the first authenticated
+//!   call and cached; [`Client::supported_version`] refreshes it.
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use reqwest::{StatusCode, Url};
-use serde::Deserialize;
+use reqwest::{Method, Url};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
 
-use super::error::Error;
-use super::version::Version;
+use super::error::{Error, redact};
+use super::limiter::Limiter;
+use super::models::{Health, VersionInfo};
+use super::version::{ApiShape, Version};
 use crate::secret::SecretString;
 
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest error body kept for a message; bodies are Headscale's own text, no secrets.
-const MAX_BODY_IN_MESSAGE: usize = 512;
+/// How the client treats the server. The defaults suit a controller: a handful of
+/// calls per reconcile, at most ~20 authenticated requests per second.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// Whole request, connect to last body byte.
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Requests in flight at once.
+    pub max_in_flight: usize,
+    /// Minimum spacing between request starts.
+    pub min_interval: Duration,
+    /// Extra attempts for a GET that failed transiently.
+    pub read_retries: u32,
+    /// Wait before the first retry; doubles for each further one.
+    pub retry_backoff: Duration,
+    /// Told about every request (metrics, benchmarks).
+    pub observer: Option<Arc<dyn Observer>>,
+}
 
-/// What `GET /version` reports (unauthenticated, every supported version).
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct VersionInfo {
-    pub version: String,
-    #[serde(default)]
-    pub commit: String,
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            max_in_flight: 2,
+            min_interval: Duration::from_millis(50),
+            read_retries: 2,
+            retry_backoff: Duration::from_millis(250),
+            observer: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("min_interval", &self.min_interval)
+            .field("read_retries", &self.read_retries)
+            .field("retry_backoff", &self.retry_backoff)
+            .field("observer", &self.observer.is_some())
+            .finish()
+    }
+}
+
+/// Where the time of one request attempt went.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timings {
+    /// Waiting for the rate limiter.
+    pub queued: Duration,
+    /// From handing the request to the connection pool to the last body byte: the
+    /// server's time plus the network.
+    pub on_wire: Duration,
+    /// Everything, including building the request and decoding the answer.
+    pub total: Duration,
+}
+
+impl Timings {
+    /// The client's own share: neither throttled nor waiting for the server.
+    pub fn overhead(&self) -> Duration {
+        self.total.saturating_sub(self.queued + self.on_wire)
+    }
+}
+
+/// Receives one call per request attempt.
+pub trait Observer: Send + Sync {
+    /// `outcome` is `Ok(())` or the error's [`Error::reason`].
+    fn observe(&self, op: &'static str, outcome: Result<(), &'static str>, timings: Timings);
 }
 
 #[derive(Clone)]
 pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     http: reqwest::Client,
     base: Url,
     api_key: SecretString,
+    limiter: Limiter,
+    config: ClientConfig,
+    version: RwLock<Option<Version>>,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("base", &self.base.as_str())
+            .field("base", &self.inner.base.as_str())
             .finish_non_exhaustive()
+    }
+}
+
+/// One request, before it is sent. Paths are given as segments so that names and
+/// prefixes are escaped.
+pub(crate) struct Call {
+    op: &'static str,
+    method: Method,
+    segments: Vec<String>,
+    query: Vec<(&'static str, String)>,
+    body: Option<serde_json::Value>,
+    authenticated: bool,
+}
+
+impl Call {
+    pub(crate) fn new(op: &'static str, method: Method, segments: &[&str]) -> Call {
+        Call {
+            op,
+            method,
+            segments: segments.iter().map(|s| s.to_string()).collect(),
+            query: Vec::new(),
+            body: None,
+            authenticated: true,
+        }
+    }
+
+    pub(crate) fn get(op: &'static str, segments: &[&str]) -> Call {
+        Call::new(op, Method::GET, segments)
+    }
+
+    pub(crate) fn post(op: &'static str, segments: &[&str]) -> Call {
+        Call::new(op, Method::POST, segments)
+    }
+
+    pub(crate) fn query(mut self, key: &'static str, value: impl ToString) -> Call {
+        self.query.push((key, value.to_string()));
+        self
+    }
+
+    /// The JSON body. Serializing our own request types cannot fail; if it ever did
+    /// the body would be `null` and the server would say what it misses.
+    pub(crate) fn json(mut self, body: &impl Serialize) -> Call {
+        self.body = Some(serde_json::to_value(body).unwrap_or(serde_json::Value::Null));
+        self
+    }
+
+    fn unauthenticated(mut self) -> Call {
+        self.authenticated = false;
+        self
+    }
+
+    #[cfg(test)]
+    pub(crate) fn segments(&self) -> &[String] {
+        &self.segments
+    }
+
+    #[cfg(test)]
+    pub(crate) fn query_pairs(&self) -> &[(&'static str, String)] {
+        &self.query
+    }
+
+    #[cfg(test)]
+    pub(crate) fn body_json(&self) -> Option<&serde_json::Value> {
+        self.body.as_ref()
     }
 }
 
 impl Client {
     /// A client for the server at `base_url` (its `server_url`), authenticating with
-    /// `api_key`.
+    /// `api_key`, with the default [`ClientConfig`].
     pub fn new(base_url: &str, api_key: SecretString) -> Result<Self, Error> {
+        Self::with_config(base_url, api_key, ClientConfig::default())
+    }
+
+    pub fn with_config(base_url: &str, api_key: SecretString, config: ClientConfig) -> Result<Self, Error> {
         install_crypto_provider();
         let invalid = |reason: String| Error::InvalidUrl {
             url: base_url.to_string(),
@@ -58,70 +208,206 @@ impl Client {
             base.set_path(&path);
         }
         let http = reqwest::Client::builder()
-            .timeout(DEFAULT_TIMEOUT)
-            .connect_timeout(Duration::from_secs(5))
+            .timeout(config.timeout)
+            .connect_timeout(config.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(config.max_in_flight.max(1))
+            .tcp_nodelay(true)
             .user_agent(concat!("headscale-operator/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| invalid(e.to_string()))?;
-        Ok(Self { http, base, api_key })
+        let limiter = Limiter::new(config.max_in_flight, config.min_interval);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                base,
+                api_key,
+                limiter,
+                config,
+                version: RwLock::new(None),
+            }),
+        })
     }
 
     pub fn base_url(&self) -> &str {
-        self.base.as_str()
+        self.inner.base.as_str()
     }
 
-    fn url(&self, path: &str) -> Url {
-        // `path` is a constant relative path like "api/v1/health"; joining cannot fail
-        // on a base that parsed, but fall back to the base rather than panic.
-        self.base.join(path).unwrap_or_else(|_| self.base.clone())
+    fn url(&self, segments: &[String]) -> Url {
+        let mut url = self.inner.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        url
     }
 
     /// `GET /version`: what the server says it runs. Unauthenticated.
     pub async fn version(&self) -> Result<VersionInfo, Error> {
-        const OP: &str = "get version";
-        let resp = self
-            .http
-            .get(self.url("version"))
-            .send()
+        self.call(Call::get("get version", &["version"]).unauthenticated())
             .await
-            .map_err(|e| transport(OP, e))?;
-        let resp = check(OP, resp).await?;
-        resp.json::<VersionInfo>()
-            .await
-            .map_err(|e| Error::UnexpectedResponse {
-                op: OP,
-                status: 200,
-                message: e.to_string(),
-            })
     }
 
     /// The server's version, refused with [`Error::UnsupportedVersion`] when it is
-    /// outside the supported range or not a release version at all.
+    /// outside the supported range or not a release version at all. Refreshes the
+    /// version the request shapes are chosen by.
     pub async fn supported_version(&self) -> Result<Version, Error> {
         let info = self.version().await?;
-        match Version::parse(&info.version) {
+        let result = match Version::parse(&info.version) {
             Some(v) if v.is_supported() => Ok(v),
             _ => Err(Error::UnsupportedVersion {
                 version: info.version,
                 supported: Version::supported_range(),
             }),
+        };
+        let mut cached = self
+            .inner
+            .version
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *cached = result.as_ref().ok().cloned();
+        result
+    }
+
+    /// The cached version and its request shapes; asks `/version` the first time.
+    pub async fn api_shape(&self) -> Result<(Version, ApiShape), Error> {
+        let cached = self
+            .inner
+            .version
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let version = match cached {
+            Some(v) => v,
+            None => self.supported_version().await?,
+        };
+        let shape = ApiShape::for_version(&version);
+        Ok((version, shape))
+    }
+
+    /// `GET /api/v1/health` (authenticated; it also pings the database).
+    pub async fn health(&self) -> Result<Health, Error> {
+        self.api_shape().await?;
+        self.call(Call::get("health", &["api", "v1", "health"])).await
+    }
+
+    /// Proves the API key works: [`Client::health`].
+    pub async fn check_api_key(&self) -> Result<(), Error> {
+        self.api_shape().await?;
+        self.call::<Health>(Call::get("check API key", &["api", "v1", "health"]))
+            .await
+            .map(drop)
+    }
+
+    /// Runs `call` against `/api/v1/…` (the caller has checked the version). GETs
+    /// are retried on transient errors; nothing else is.
+    pub(crate) async fn call<T: DeserializeOwned>(&self, call: Call) -> Result<T, Error> {
+        let retries = if call.method == Method::GET {
+            self.inner.config.read_retries
+        } else {
+            0
+        };
+        let mut attempt = 0;
+        loop {
+            match self.attempt(&call).await {
+                Err(e) if e.is_transient() && attempt < retries => {
+                    let wait = self.inner.config.retry_backoff * 2u32.saturating_pow(attempt);
+                    tracing::debug!(op = call.op, attempt, error = %e, "retrying a read after a transient error");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
         }
     }
 
-    /// Proves the API key works: `GET /api/v1/health` (authenticated; it also pings
-    /// the database).
-    pub async fn check_api_key(&self) -> Result<(), Error> {
-        const OP: &str = "check API key";
-        let resp = self
+    async fn attempt<T: DeserializeOwned>(&self, call: &Call) -> Result<T, Error> {
+        let started = Instant::now();
+        let permit = self.inner.limiter.acquire().await;
+        let queued = started.elapsed();
+
+        let mut request = self
+            .inner
             .http
-            .get(self.url("api/v1/health"))
-            .bearer_auth(self.api_key.expose())
-            .send()
-            .await
-            .map_err(|e| transport(OP, e))?;
-        check(OP, resp).await.map(drop)
+            .request(call.method.clone(), self.url(&call.segments));
+        if !call.query.is_empty() {
+            request = request.query(&call.query);
+        }
+        if let Some(body) = &call.body {
+            request = request.json(body);
+        }
+        if call.authenticated {
+            request = request.bearer_auth(self.inner.api_key.expose());
+        }
+        let sent = Instant::now();
+        let response = async {
+            let response = request.send().await?;
+            let status = response.status();
+            let bytes = response.bytes().await?;
+            Ok::<_, reqwest::Error>((status, bytes))
+        }
+        .await;
+        let on_wire = sent.elapsed();
+        drop(permit);
+
+        let result = match response {
+            Err(e) => Err(self.transport_error(call.op, e)),
+            Ok((status, bytes)) if status.is_success() => decode(call.op, status.as_u16(), &bytes),
+            Ok((status, bytes)) => Err(Error::from_response(
+                call.op,
+                status.as_u16(),
+                &String::from_utf8_lossy(&bytes),
+                &[self.inner.api_key.expose()],
+            )),
+        };
+        if let Some(observer) = &self.inner.config.observer {
+            let timings = Timings {
+                queued,
+                on_wire,
+                total: started.elapsed(),
+            };
+            observer.observe(call.op, result.as_ref().map(drop).map_err(Error::reason), timings);
+        }
+        result
     }
+
+    fn transport_error(&self, op: &'static str, e: reqwest::Error) -> Error {
+        if e.is_timeout() {
+            return Error::Timeout {
+                op,
+                seconds: self.inner.config.timeout.as_secs_f64(),
+            };
+        }
+        // Without the URL: a registration call carries the auth id in its query.
+        let message = error_chain(&e.without_url());
+        Error::Unreachable {
+            op,
+            message: redact(&message, &[self.inner.api_key.expose()]),
+        }
+    }
+
+    /// The error for a call this server's version does not have; refused before
+    /// anything is sent.
+    pub(crate) fn unsupported(op: &'static str, version: &Version, needs: &str) -> Error {
+        Error::Unsupported {
+            op,
+            message: format!("{needs}; the server runs Headscale {version}"),
+        }
+    }
+}
+
+/// The body as `T`. The message names the position, never the content: a body can
+/// hold a key.
+fn decode<T: DeserializeOwned>(op: &'static str, status: u16, bytes: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(bytes).map_err(|e| Error::UnexpectedResponse {
+        op,
+        status,
+        message: format!(
+            "the body is not the expected JSON ({:?} error at line {} column {})",
+            e.classify(),
+            e.line(),
+            e.column()
+        ),
+    })
 }
 
 /// reqwest needs a process-wide rustls provider when built without its own; kube
@@ -130,68 +416,18 @@ fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-fn transport(op: &'static str, e: reqwest::Error) -> Error {
-    // reqwest's message names the URL, never headers, so the key cannot leak here.
-    Error::Unreachable {
-        op,
-        message: error_chain(&e),
-    }
-}
-
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut message = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        message.push_str(": ");
-        message.push_str(&s.to_string());
+        let text = s.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
         source = s.source();
     }
     message
-}
-
-async fn check(op: &'static str, resp: reqwest::Response) -> Result<reqwest::Response, Error> {
-    let status = resp.status();
-    if status.is_success() {
-        return Ok(resp);
-    }
-    let body = resp.text().await.unwrap_or_default();
-    let message = summarize_body(&body);
-    Err(match status {
-        StatusCode::UNAUTHORIZED => Error::Unauthorized { op },
-        StatusCode::NOT_FOUND => Error::NotFound { op, message },
-        s if s.is_server_error() => Error::ServerError {
-            op,
-            status: s.as_u16(),
-            message,
-        },
-        s => Error::UnexpectedResponse {
-            op,
-            status: s.as_u16(),
-            message,
-        },
-    })
-}
-
-/// Headscale's error text from a JSON body (`message`, `detail`) or the raw body,
-/// shortened.
-fn summarize_body(body: &str) -> String {
-    let from_json = serde_json::from_str::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| {
-            ["message", "detail", "title"]
-                .iter()
-                .find_map(|k| v.get(*k).and_then(|m| m.as_str()).map(str::to_string))
-        });
-    let mut text = from_json.unwrap_or_else(|| body.trim().to_string());
-    if text.len() > MAX_BODY_IN_MESSAGE {
-        let mut cut = MAX_BODY_IN_MESSAGE;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        text.push('…');
-    }
-    text
 }
 
 #[cfg(test)]
@@ -212,14 +448,28 @@ mod tests {
     }
 
     #[test]
-    fn joins_paths_below_a_base_path() {
+    fn joins_and_escapes_paths_below_a_base_path() {
+        let seg = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let c = Client::new("https://example.com/hs", SecretString::new("k")).unwrap();
         assert_eq!(
-            c.url("api/v1/health").as_str(),
+            c.url(&seg(&["api", "v1", "health"])).as_str(),
             "https://example.com/hs/api/v1/health"
         );
         let c = Client::new("http://127.0.0.1:8080", SecretString::new("k")).unwrap();
-        assert_eq!(c.url("version").as_str(), "http://127.0.0.1:8080/version");
+        assert_eq!(
+            c.url(&seg(&["version"])).as_str(),
+            "http://127.0.0.1:8080/version"
+        );
+        assert_eq!(
+            c.url(&seg(&["api", "v1", "node", "1", "rename", "a b/c"]))
+                .as_str(),
+            "http://127.0.0.1:8080/api/v1/node/1/rename/a%20b%2Fc"
+        );
+        assert_eq!(
+            c.url(&seg(&["api", "v1", "apikey", "hskey-api-abc_DEF-123-***"]))
+                .as_str(),
+            "http://127.0.0.1:8080/api/v1/apikey/hskey-api-abc_DEF-123-***"
+        );
     }
 
     #[test]
@@ -229,16 +479,24 @@ mod tests {
     }
 
     #[test]
-    fn error_bodies_are_summarized() {
-        assert_eq!(
-            summarize_body(r#"{"code":2,"message":"boom","details":[]}"#),
-            "boom"
-        );
-        assert_eq!(
-            summarize_body(r#"{"title":"Unauthorized","detail":"nope"}"#),
-            "nope"
-        );
-        assert_eq!(summarize_body("Unauthorized\n"), "Unauthorized");
-        assert!(summarize_body(&"x".repeat(2000)).chars().count() <= MAX_BODY_IN_MESSAGE + 1);
+    fn decode_errors_do_not_quote_the_body() {
+        #[derive(serde::Deserialize, Debug)]
+        struct Key {
+            #[allow(dead_code)]
+            key: u64,
+        }
+        let e = decode::<Key>("op", 200, br#"{"key":"hskey-auth-abcdefghijkl-SECRETSECRET"}"#).unwrap_err();
+        assert!(!e.to_string().contains("SECRET"), "{e}");
+        assert_eq!(e.reason(), "UnexpectedResponse");
+    }
+
+    #[test]
+    fn overhead_is_what_is_left() {
+        let t = Timings {
+            queued: Duration::from_millis(5),
+            on_wire: Duration::from_millis(60),
+            total: Duration::from_millis(66),
+        };
+        assert_eq!(t.overhead(), Duration::from_millis(1));
     }
 }
