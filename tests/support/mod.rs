@@ -30,6 +30,20 @@ pub fn run_dir() -> PathBuf {
     dir
 }
 
+/// A scratch directory for tests that need only Headscale (no cluster):
+/// `HSOP_E2E_DIR`, which `make test` sets. Missing is a failure, never a skip.
+pub fn scratch_dir() -> PathBuf {
+    let dir = std::env::var("HSOP_E2E_DIR").unwrap_or_else(|_| {
+        panic!(
+            "HSOP_E2E_DIR is not set: these tests start real Headscale servers in it; run \
+             `make test`, or `eval \"$(e2e/tools.sh env)\"; HSOP_E2E_DIR=$(mktemp -d) cargo test --test <name>`"
+        )
+    });
+    let dir = PathBuf::from(dir);
+    assert!(dir.is_dir(), "HSOP_E2E_DIR={} is not a directory", dir.display());
+    dir
+}
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -126,11 +140,24 @@ pub async fn events(client: &Client, ns: &str) -> Vec<Event> {
 
 /// The versions of Headscale built for the tests (`HSOP_HEADSCALE_BINS`).
 pub fn headscale_versions() -> Vec<String> {
+    headscale_bins().into_iter().map(|(v, _)| v).collect()
+}
+
+fn headscale_bins() -> Vec<(String, PathBuf)> {
     let bins = std::env::var("HSOP_HEADSCALE_BINS").expect("HSOP_HEADSCALE_BINS (set by e2e/tools.sh env)");
     bins.split_whitespace()
         .filter_map(|e| e.split_once('='))
-        .map(|(v, _)| v.to_string())
+        .map(|(v, p)| (v.to_string(), PathBuf::from(p)))
         .collect()
+}
+
+/// The `headscale` binary of `version` (for its CLI over the unix socket).
+pub fn headscale_bin(version: &str) -> PathBuf {
+    headscale_bins()
+        .into_iter()
+        .find(|(v, _)| v.trim_start_matches('v') == version.trim_start_matches('v'))
+        .map(|(_, p)| p)
+        .unwrap_or_else(|| panic!("no headscale {version} in HSOP_HEADSCALE_BINS"))
 }
 
 /// A real Headscale server started by `e2e/headscale.sh`; stopped on drop.
@@ -145,7 +172,7 @@ impl Headscale {
     pub fn start(version: &str) -> Headscale {
         let dir = tempfile::Builder::new()
             .prefix("hs-")
-            .tempdir_in(run_dir())
+            .tempdir_in(scratch_dir())
             .expect("tempdir")
             .keep();
         let hs = Headscale {
@@ -188,6 +215,160 @@ impl Headscale {
     pub fn restart(&self) {
         self.run_script("start");
     }
+
+    /// A REST client for this server with its API key.
+    pub fn client(&self) -> headscale_operator::headscale::Client {
+        self.client_with(headscale_operator::headscale::ClientConfig::default())
+    }
+
+    pub fn client_with(
+        &self,
+        config: headscale_operator::headscale::ClientConfig,
+    ) -> headscale_operator::headscale::Client {
+        headscale_operator::headscale::Client::with_config(
+            &self.url,
+            headscale_operator::secret::SecretString::new(self.api_key.clone()),
+            config,
+        )
+        .expect("client")
+    }
+
+    fn minor(&self) -> u64 {
+        headscale_operator::headscale::Version::parse(&self.version)
+            .map(|v| v.minor)
+            .unwrap_or_else(|| panic!("version {:?}", self.version))
+    }
+
+    /// Runs the `headscale` CLI of this version against this server (over its unix
+    /// socket: no API key, no bcrypt) with `-o json`; panics unless it succeeds.
+    /// Its JSON is *not* the REST shape (trap 17): snake_case, numeric ids.
+    pub fn cli(&self, args: &[&str]) -> serde_json::Value {
+        let out = Command::new(headscale_bin(&self.version))
+            .env_remove("HEADSCALE_CLI_ADDRESS")
+            .env_remove("HEADSCALE_CLI_API_KEY")
+            .env_remove("HEADSCALE_CONFIG")
+            .arg("-c")
+            .arg(self.dir.join("config.yaml"))
+            .args(args)
+            .args(["-o", "json"])
+            .output()
+            .expect("running the headscale CLI");
+        assert!(
+            out.status.success(),
+            "headscale {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "headscale {args:?} printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// A fresh id for a pending registration, in this version's format: 0.29+
+    /// `hskey-authreq-` + 24 URL-safe characters, before that the 24 characters alone.
+    pub fn new_auth_id(&self) -> String {
+        let id = random_url_safe(24);
+        if self.minor() >= 29 {
+            format!("hskey-authreq-{id}")
+        } else {
+            id
+        }
+    }
+
+    /// Plants a pending registration for a node called `name` (what a `tailscale up`
+    /// without a key leaves behind) and returns its auth id. Reference §7.4: the node
+    /// does not exist until the id is registered, within 15 minutes, before a restart.
+    pub fn plant_pending_node(&self, user: &str, name: &str, routes: &[&str]) -> String {
+        let auth_id = self.new_auth_id();
+        let mut args = vec![
+            "debug",
+            "create-node",
+            "--user",
+            user,
+            "--name",
+            name,
+            "--key",
+            &auth_id,
+        ];
+        for r in routes {
+            args.extend(["--route", r]);
+        }
+        self.cli(&args);
+        auth_id
+    }
+
+    /// Registers a pending node through the CLI (`auth register` on 0.29+, `nodes
+    /// register` before) and returns the new node's id.
+    pub fn register_with_cli(&self, user: &str, auth_id: &str) -> u64 {
+        let out = if self.minor() >= 29 {
+            self.cli(&["auth", "register", "--user", user, "--auth-id", auth_id])
+        } else {
+            self.cli(&["nodes", "register", "--user", user, "--key", auth_id])
+        };
+        json_id(&out).unwrap_or_else(|| panic!("no node id in {out}"))
+    }
+
+    /// A fake node without a Tailscale client: plant, then register. Never online,
+    /// not ephemeral, user-owned; on 0.27–0.28 `routes` show as announced routes.
+    pub fn create_fake_node(&self, user: &str, name: &str, routes: &[&str]) -> u64 {
+        let auth_id = self.plant_pending_node(user, name, routes);
+        self.register_with_cli(user, &auth_id)
+    }
+
+    /// `count` fake nodes `{prefix}-{i}` of `user`, created by `workers` CLI
+    /// processes at once (a registration waits for the server's batcher; in parallel
+    /// the waits overlap). Returns the node ids in no particular order.
+    pub fn create_fake_nodes(&self, user: &str, prefix: &str, count: usize, workers: usize) -> Vec<u64> {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let ids = std::sync::Mutex::new(Vec::with_capacity(count));
+        std::thread::scope(|s| {
+            for _ in 0..workers.max(1) {
+                s.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        if i >= count {
+                            return;
+                        }
+                        let id = self.create_fake_node(user, &format!("{prefix}-{i}"), &[]);
+                        ids.lock().unwrap().push(id);
+                    }
+                });
+            }
+        });
+        ids.into_inner().unwrap()
+    }
+
+    /// Creates a user through the CLI; returns its id.
+    pub fn create_user_with_cli(&self, name: &str) -> u64 {
+        let out = self.cli(&["users", "create", name]);
+        json_id(&out).unwrap_or_else(|| panic!("no user id in {out}"))
+    }
+}
+
+/// `id` from CLI JSON: a number before 0.30, a string after.
+fn json_id(v: &serde_json::Value) -> Option<u64> {
+    match v.get("id")? {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// `n` characters from `[A-Za-z0-9_-]`, from the OS's randomness.
+pub fn random_url_safe(n: usize) -> String {
+    use std::io::Read;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-";
+    let mut bytes = vec![0u8; n];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .expect("/dev/urandom");
+    bytes
+        .iter()
+        .map(|b| ALPHABET[(*b as usize) % 64] as char)
+        .collect()
 }
 
 impl Drop for Headscale {
