@@ -6,5 +6,6 @@ pub mod headscale;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod policy;
 pub mod secret;
 pub mod telemetry;
