@@ -146,6 +146,11 @@ async fn users_lifecycle() {
         assert_eq!(reason(&dup), "Conflict", "{}", message(dup));
         // 0.27–0.29 would create a user named after its id.
         assert_eq!(reason(&c.create_user(" ").await), "InvalidInput");
+        // The reference's name rules (2+ characters, a letter first, no spaces, one
+        // `@`) are not enforced by 0.27–0.29: callers must validate names themselves.
+        for odd in ["a", "1st", "a b", "x@y@z", "-x"] {
+            assert_eq!(c.create_user(odd).await.unwrap().name, odd);
+        }
 
         assert!(c.list_users().await.unwrap().iter().any(|u| u.id == alice.id));
         assert_eq!(c.find_user("alice").await.unwrap().map(|u| u.id), Some(alice.id));
