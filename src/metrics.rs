@@ -26,12 +26,36 @@ pub struct ServerLabels {
     pub name: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectionLabels {
+    pub namespace: String,
+    pub name: String,
+    /// `operator` (parsing, merging, local checks) or `headscale` (its check or set).
+    pub by: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HeadscaleCallLabels {
+    /// The client's name for the call, e.g. `get policy`.
+    pub op: String,
+    /// `ok` or the error's reason.
+    pub result: String,
+}
+
 pub struct Metrics {
     pub reconciles: Family<ControllerLabels, Counter>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconcile_duration: Family<ControllerLabels, Histogram>,
     /// 1 when a HeadscaleServer is Ready, 0 otherwise.
     pub server_ready: Family<ServerLabels, Gauge>,
+    /// Policies written to a server (`PUT /api/v1/policy` that succeeded).
+    pub policy_writes: Family<ServerLabels, Counter>,
+    /// Policies re-applied because someone else changed the served one.
+    pub policy_drift_repairs: Family<ServerLabels, Counter>,
+    /// Merged policies refused, once per distinct refusal.
+    pub policy_rejections: Family<RejectionLabels, Counter>,
+    /// Requests to Headscale's API, by call and result.
+    pub headscale_requests: Family<HeadscaleCallLabels, Counter>,
     registry: Registry,
 }
 
@@ -43,6 +67,10 @@ impl Default for Metrics {
             Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
         });
         let server_ready = Family::<ServerLabels, Gauge>::default();
+        let policy_writes = Family::<ServerLabels, Counter>::default();
+        let policy_drift_repairs = Family::<ServerLabels, Counter>::default();
+        let policy_rejections = Family::<RejectionLabels, Counter>::default();
+        let headscale_requests = Family::<HeadscaleCallLabels, Counter>::default();
         let mut registry = Registry::with_prefix("headscale_operator");
         registry.register("reconciliations", "Reconciliations run", reconciles.clone());
         registry.register(
@@ -60,11 +88,35 @@ impl Default for Metrics {
             "Whether a HeadscaleServer is Ready (1) or not (0)",
             server_ready.clone(),
         );
+        registry.register(
+            "policy_writes",
+            "ACL policies written to a Headscale server",
+            policy_writes.clone(),
+        );
+        registry.register(
+            "policy_drift_repairs",
+            "ACL policies re-applied because the served policy was changed outside the operator",
+            policy_drift_repairs.clone(),
+        );
+        registry.register(
+            "policy_rejections",
+            "Merged ACL policies refused by the operator's checks or by Headscale, once per distinct refusal",
+            policy_rejections.clone(),
+        );
+        registry.register(
+            "headscale_requests",
+            "Requests to Headscale's API by call and result",
+            headscale_requests.clone(),
+        );
         Self {
             reconciles,
             reconcile_errors,
             reconcile_duration,
             server_ready,
+            policy_writes,
+            policy_drift_repairs,
+            policy_rejections,
+            headscale_requests,
             registry,
         }
     }
@@ -82,6 +134,13 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+
+    pub fn server(namespace: &str, name: &str) -> ServerLabels {
+        ServerLabels {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
     }
 
     pub fn controller(name: &str) -> ControllerLabels {

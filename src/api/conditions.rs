@@ -5,6 +5,9 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 pub const READY: &str = "Ready";
+/// On a HeadscaleServer: whether the merged AclPolicy is what Headscale serves.
+/// Owned by the policy controller; `Ready` and `Stalled` by the server controller.
+pub const POLICY_APPLIED: &str = "PolicyApplied";
 
 /// Condition reasons, CamelCase, used for conditions, Events and metric labels.
 pub mod reason {
@@ -17,6 +20,29 @@ pub mod reason {
     pub const UNEXPECTED_RESPONSE: &str = "UnexpectedResponse";
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const NOT_IMPLEMENTED: &str = "NotImplemented";
+
+    // The policy controller (AclPolicy `Ready`, HeadscaleServer `PolicyApplied`).
+    /// The merged policy holding this fragment is what the server serves.
+    pub const APPLIED: &str = "Applied";
+    /// No fragment names the server; the `whenEmpty` default is served.
+    pub const DEFAULT_APPLIED: &str = "DefaultApplied";
+    /// No fragment names the server and the operator never applied a policy to it:
+    /// its own policy is left alone.
+    pub const NO_ACL_POLICIES: &str = "NoAclPolicies";
+    pub const SERVER_NOT_FOUND: &str = "ServerNotFound";
+    /// The server is not Ready (or is managed, which cannot be reached yet).
+    pub const SERVER_NOT_READY: &str = "ServerNotReady";
+    pub const CONFIG_MAP_NOT_FOUND: &str = "ConfigMapNotFound";
+    pub const CONFIG_MAP_KEY_MISSING: &str = "ConfigMapKeyMissing";
+    /// Headscale refused the merged policy (its check or its set call).
+    pub const POLICY_REJECTED: &str = "PolicyRejected";
+    /// The server keeps its policy in a file (`policy.mode: file`), so the API cannot set it.
+    pub const POLICY_MODE_NOT_DATABASE: &str = "PolicyModeNotDatabase";
+    /// Event: the served policy was changed outside the operator and ours re-applied.
+    pub const POLICY_DRIFT_REPAIRED: &str = "PolicyDriftRepaired";
+    /// Event: the served policy was changed outside the operator and the desired one
+    /// is invalid, so there is nothing valid to restore.
+    pub const POLICY_DRIFT: &str = "PolicyDrift";
 }
 
 /// The status of a condition, as Kubernetes spells it.

@@ -8,11 +8,13 @@ pub mod conditions;
 pub mod dns;
 pub mod server;
 
-pub use acl::{AclPolicy, AclPolicySpec};
+pub use acl::{AclPolicy, AclPolicySpec, AclPolicyStatus};
 pub use approval::{NodeApproval, NodeApprovalSpec};
 pub use common::{CommonStatus, LocalObjectRef, SecretKeyRef, ServerRef};
 pub use dns::{DnsConfig, DnsConfigSpec};
-pub use server::{HeadscaleServer, HeadscaleServerSpec, HeadscaleServerStatus};
+pub use server::{
+    EmptyPolicy, HeadscaleServer, HeadscaleServerSpec, HeadscaleServerStatus, ServerPolicyStatus,
+};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

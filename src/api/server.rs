@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -30,6 +30,7 @@ pub const DURATION_PATTERN: &str = r"^(0|([0-9]+(ms|s|m|h|d|w))+)$";
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Endpoint","type":"string","priority":1,"jsonPath":".status.endpoint"}"#,
+    printcolumn = r#"{"name":"Policy","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"PolicyApplied\")].reason","description":"Whether the merged AclPolicy is what Headscale serves"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("has(self.managed) != has(self.external)").message("exactly one of spec.managed or spec.external must be set"))]
@@ -504,7 +505,10 @@ fn default_max_key_lifetime() -> String {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyDefaultsSpec {
-    /// `DenyAll` (default) or `AllowAll`.
+    /// What the server serves once the last AclPolicy naming it is deleted:
+    /// `DenyAll` (default, `{"acls": []}`) or `AllowAll` (`{}`). Only applied after
+    /// the operator has applied a policy to the server once (see `status.policy`);
+    /// a server that never had an AclPolicy keeps its own policy.
     #[serde(default)]
     pub when_empty: EmptyPolicy,
 }
@@ -535,6 +539,33 @@ pub struct HeadscaleServerStatus {
     /// URL the operator reaches the server at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// The ACL policy the operator applied to this server. Absent until the operator
+    /// applied one (or found its merged policy already served): without it, and with
+    /// no AclPolicy naming the server, the server's own policy is left alone.
+    /// Written by the policy controller (field manager `headscale-operator/policy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<ServerPolicyStatus>,
+}
+
+/// The policy the operator last applied to a server.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerPolicyStatus {
+    /// SHA-256 (hex) of the applied policy in canonical form (pretty JSON, keys
+    /// sorted); equals `status.mergedHash` of every Ready AclPolicy of this server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+    /// When Headscale stored it (its `updatedAt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_time: Option<Time>,
+    /// The merged AclPolicy objects (`namespace/name`), in merge order. Empty when a
+    /// default policy is applied.
+    #[serde(default)]
+    pub fragments: Vec<String>,
+    /// The default applied because no AclPolicy names the server (`DenyAll` or
+    /// `AllowAll`, from `spec.policy.whenEmpty`); absent when fragments are merged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<EmptyPolicy>,
 }
 
 impl HeadscaleServer {

@@ -2,6 +2,7 @@
 //! dereference -> validate -> build (pure) -> apply -> status.
 
 pub mod backoff;
+pub mod connect;
 pub mod server;
 
 use std::collections::HashMap;

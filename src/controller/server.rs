@@ -21,12 +21,12 @@ use serde_json::json;
 
 use super::Context;
 use super::backoff;
+use super::connect;
 use crate::api::conditions::{self, reason};
 use crate::api::server::ExternalSpec;
 use crate::api::{HeadscaleServer, HeadscaleServerStatus};
 use crate::headscale;
 use crate::metrics::{Metrics, ServerLabels};
-use crate::secret::SecretString;
 
 pub const CONTROLLER: &str = "server";
 pub const FIELD_MANAGER: &str = "headscale-operator/server";
@@ -36,8 +36,8 @@ const STALLED: &str = "Stalled";
 /// input or with Headscale is not an error here: it is an [`Outcome`] in status.
 #[derive(thiserror::Error, Debug)]
 pub enum Error {
-    #[error("reading Secret {name}: {source}")]
-    ReadSecret { name: String, source: kube::Error },
+    #[error(transparent)]
+    ReadSecret(#[from] connect::ReadSecretError),
     #[error("writing status: {0}")]
     PatchStatus(#[source] kube::Error),
     #[error("object has no namespace")]
@@ -47,7 +47,7 @@ pub enum Error {
 impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
-            Error::ReadSecret { .. } => "ReadSecret",
+            Error::ReadSecret(_) => "ReadSecret",
             Error::PatchStatus(_) => "PatchStatus",
             Error::MissingNamespace => "MissingNamespace",
         }
@@ -74,7 +74,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn not_ready(reason: &'static str, message: impl Into<String>, stalled: bool) -> Self {
+    pub(crate) fn not_ready(reason: &'static str, message: impl Into<String>, stalled: bool) -> Self {
         Outcome::NotReady {
             reason,
             message: message.into(),
@@ -85,7 +85,7 @@ impl Outcome {
         }
     }
 
-    fn with_endpoint(mut self, ep: &str) -> Self {
+    pub(crate) fn with_endpoint(mut self, ep: &str) -> Self {
         if let Outcome::NotReady { endpoint, .. } = &mut self {
             *endpoint = Some(ep.to_string());
         }
@@ -195,8 +195,10 @@ async fn reconcile_inner(hs: &HeadscaleServer, ctx: &Context) -> Result<Action, 
     let old_status = hs.status.clone().unwrap_or_default();
     let new_status = desired_status(hs, &old_status, &outcome, Timestamp::now());
 
-    // Apply status, only when it changed.
-    if hs.status.as_ref() != Some(&new_status) {
+    // Apply status, only when it changed. Only this controller's part is compared
+    // and written: `status.policy` and the `PolicyApplied` condition belong to the
+    // policy controller (another field manager), and server-side apply keeps them.
+    if own_part(hs.status.as_ref()) != new_status {
         let api: Api<HeadscaleServer> = Api::namespaced(ctx.client.clone(), &ns);
         let patch = json!({
             "apiVersion": HeadscaleServer::api_version(&()),
@@ -265,62 +267,14 @@ fn log_outcome(hs: &HeadscaleServer, outcome: &Outcome, changed: bool) {
 
 /// Reads the API key and asks the server who it is and whether the key works.
 async fn observe_external(ctx: &Context, ns: &str, external: &ExternalSpec) -> Result<Outcome, Error> {
-    let secret_ref = &external.api_key_secret_ref;
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let secret = secrets
-        .get_opt(&secret_ref.name)
-        .await
-        .map_err(|source| Error::ReadSecret {
-            name: secret_ref.name.clone(),
-            source,
-        })?;
-    let api_key = match read_key(secret.as_ref(), &secret_ref.name, &secret_ref.key) {
+    let api_key = match connect::api_key(&ctx.client, ns, external).await? {
         Ok(k) => k,
         Err(outcome) => return Ok(outcome.with_endpoint(&external.url)),
     };
-    let client = match headscale::Client::new(&external.url, api_key) {
-        Ok(c) => c,
-        Err(e) => return Ok(Outcome::not_ready(reason::INVALID_SPEC, e.to_string(), true)),
-    };
-    Ok(probe(&client).await)
-}
-
-/// The API key from a Secret, or the outcome that explains why there is none.
-/// The outcome's message names the Secret and key, never the value.
-pub fn read_key(secret: Option<&Secret>, name: &str, key: &str) -> Result<SecretString, Outcome> {
-    let Some(secret) = secret else {
-        return Err(Outcome::not_ready(
-            reason::SECRET_NOT_FOUND,
-            format!("Secret {name:?} (spec.external.apiKeySecretRef) does not exist"),
-            true,
-        ));
-    };
-    let bytes = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .map(|b| b.0.clone())
-        .or_else(|| {
-            secret
-                .string_data
-                .as_ref()
-                .and_then(|d| d.get(key))
-                .map(|s| s.clone().into_bytes())
-        });
-    let missing = |why: &str| {
-        Outcome::not_ready(
-            reason::SECRET_KEY_MISSING,
-            format!("Secret {name:?} key {key:?} {why}"),
-            true,
-        )
-    };
-    let bytes = bytes.ok_or_else(|| missing("does not exist"))?;
-    let text = String::from_utf8(bytes).map_err(|_| missing("is not valid UTF-8"))?;
-    let trimmed = text.trim();
-    if trimmed.is_empty() {
-        return Err(missing("is empty"));
+    match connect::client(external, api_key, connect::client_config(&ctx.metrics)) {
+        Ok(client) => Ok(probe(&client).await),
+        Err(outcome) => Ok(outcome),
     }
-    Ok(SecretString::new(trimmed))
 }
 
 /// Version first (unauthenticated: tells "unreachable" from "wrong key"), then the key.
@@ -376,6 +330,7 @@ pub fn desired_status(
     now: Timestamp,
 ) -> HeadscaleServerStatus {
     let generation = hs.metadata.generation;
+    let old = own_part(Some(old));
     let mut status = HeadscaleServerStatus {
         observed_generation: generation,
         conditions: old.conditions.clone(),
@@ -384,6 +339,7 @@ pub fn desired_status(
         // the best answer to "what runs there".
         version: old.version.clone(),
         endpoint: old.endpoint.clone(),
+        policy: None,
     };
     match outcome {
         Outcome::Ready { version, endpoint } => {
@@ -445,6 +401,16 @@ pub fn desired_status(
         }
     }
     status
+}
+
+/// The part of a server's status this controller writes: everything but
+/// `status.policy` and the conditions other controllers own.
+pub fn own_part(status: Option<&HeadscaleServerStatus>) -> HeadscaleServerStatus {
+    let mut own = status.cloned().unwrap_or_default();
+    own.policy = None;
+    own.conditions
+        .retain(|c| c.type_ == conditions::READY || c.type_ == STALLED);
+    own
 }
 
 /// An Event when the Ready condition changes status or reason; nothing on an
@@ -521,8 +487,6 @@ mod tests {
     use super::*;
     use crate::api::HeadscaleServerSpec;
     use crate::api::SecretKeyRef;
-    use k8s_openapi::ByteString;
-    use std::collections::BTreeMap;
 
     fn server(generation: i64) -> HeadscaleServer {
         let spec: HeadscaleServerSpec = serde_json::from_value(json!({
@@ -543,49 +507,6 @@ mod tests {
     fn secret_key_defaults_to_api_key() {
         let r: SecretKeyRef = serde_json::from_value(json!({"name": "x"})).unwrap();
         assert_eq!(r.key, "api-key");
-    }
-
-    #[test]
-    fn read_key_explains_every_failure_without_the_value() {
-        assert!(matches!(
-            read_key(None, "s", "api-key"),
-            Err(Outcome::NotReady {
-                reason: "SecretNotFound",
-                ..
-            })
-        ));
-        let mut secret = Secret::default();
-        assert!(matches!(
-            read_key(Some(&secret), "s", "api-key"),
-            Err(Outcome::NotReady {
-                reason: "SecretKeyMissing",
-                ..
-            })
-        ));
-        secret.data = Some(BTreeMap::from([(
-            "api-key".to_string(),
-            ByteString(b"  \n".to_vec()),
-        )]));
-        assert!(matches!(
-            read_key(Some(&secret), "s", "api-key"),
-            Err(Outcome::NotReady {
-                reason: "SecretKeyMissing",
-                ..
-            })
-        ));
-        secret.data = Some(BTreeMap::from([(
-            "api-key".to_string(),
-            ByteString(vec![0xff, 0xfe]),
-        )]));
-        assert!(read_key(Some(&secret), "s", "api-key").is_err());
-        secret.data = Some(BTreeMap::from([(
-            "api-key".to_string(),
-            ByteString(b"hskey-api-x\n".to_vec()),
-        )]));
-        assert_eq!(
-            read_key(Some(&secret), "s", "api-key").unwrap().expose(),
-            "hskey-api-x"
-        );
     }
 
     #[test]
@@ -655,6 +576,36 @@ mod tests {
         .unwrap();
         assert_eq!(ev.type_, EventType::Warning);
         assert_eq!(ev.reason, "ApiKeyRejected");
+    }
+
+    #[test]
+    fn the_policy_controllers_fields_are_neither_compared_nor_written() {
+        let hs = server(1);
+        let now = t("2026-01-01T00:00:00Z");
+        let ready = Outcome::Ready {
+            version: "v0.29.2".into(),
+            endpoint: "http://h".into(),
+        };
+        let mut live = desired_status(&hs, &HeadscaleServerStatus::default(), &ready, now);
+        // The policy controller's part, written by another field manager.
+        live.policy = Some(crate::api::ServerPolicyStatus {
+            hash: Some("abc".into()),
+            ..Default::default()
+        });
+        conditions::set(
+            &mut live.conditions,
+            conditions::POLICY_APPLIED,
+            true,
+            "Applied",
+            "",
+            Some(1),
+            now,
+        );
+        let next = desired_status(&hs, &live, &ready, t("2026-01-02T00:00:00Z"));
+        assert_eq!(next, own_part(Some(&live)), "an unchanged server needs no write");
+        assert_eq!(next.policy, None);
+        assert!(conditions::find(&next.conditions, conditions::POLICY_APPLIED).is_none());
+        assert!(conditions::find(&next.conditions, conditions::READY).is_some());
     }
 
     #[test]
