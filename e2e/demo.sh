@@ -37,6 +37,8 @@ e2e/tools.sh ensure >/dev/null
 eval "$(e2e/tools.sh env)"
 PATH="$HSOP_K8S_BIN:$(dirname "$HSOP_HELM_BIN"):$PATH"
 export PATH
+
+step "build the operator (cargo build; the first build takes a few minutes)"
 cargo build --quiet
 
 # A demo left running from before is replaced.
@@ -62,8 +64,9 @@ step "helm install headscale-operator"
 helm install headscale-operator charts/headscale-operator --namespace headscale-operator-system \
   --create-namespace --wait --timeout 3m
 
-step "the operator, with exactly the chart's RBAC"
-e2e/operator.sh start "$DEMO/operator" "${owner[@]}"
+step "the operator, with the chart's RBAC and leader election"
+e2e/operator.sh start "$DEMO/operator" "${owner[@]}" -- \
+  --leader-election --leader-election-namespace headscale-operator-system
 
 step "kubectl apply examples/ (an API-key Secret and an external HeadscaleServer)"
 kubectl create namespace "$NS"

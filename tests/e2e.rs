@@ -348,7 +348,40 @@ async fn invalid_resources_are_rejected_by_the_api_server() {
             "magic dns without domain",
             json!({"apiVersion": "headscale.operator.dev/v1alpha1", "kind": "DnsConfig", "metadata": {"name": "x"},
             "spec": {"serverRef": {"name": "s"}, "nameservers": {"global": ["1.1.1.1"]}}}),
-            "magicDns needs a baseDomain",
+            "magicDns (on by default) needs spec.baseDomain",
+        ),
+        (
+            "url with credentials",
+            hss(
+                json!({"external": {"url": "https://user:pw@hs.example.com", "apiKeySecretRef": {"name": "k"}}}),
+            ),
+            "external.url must not carry credentials",
+        ),
+        (
+            "url with a query",
+            hss(
+                json!({"external": {"url": "https://hs.example.com/?x=y", "apiKeySecretRef": {"name": "k"}}}),
+            ),
+            "external.url must not have a query",
+        ),
+        (
+            "url with a port out of range",
+            hss(json!({"external": {"url": "http://127.0.0.1:99999", "apiKeySecretRef": {"name": "k"}}})),
+            "external.url has a port outside 1-65535",
+        ),
+        (
+            "secret name that is not a Kubernetes name",
+            hss(
+                json!({"external": {"url": "https://hs.example.com", "apiKeySecretRef": {"name": "Bad_Name/../x"}}}),
+            ),
+            "spec.external.apiKeySecretRef.name: Invalid value",
+        ),
+        (
+            "secret key with a space",
+            hss(
+                json!({"external": {"url": "https://hs.example.com", "apiKeySecretRef": {"name": "k", "key": "bad key!"}}}),
+            ),
+            "spec.external.apiKeySecretRef.key: Invalid value",
         ),
     ];
     let mut failures = Vec::new();
@@ -372,7 +405,11 @@ async fn operator_rbac_is_least_privilege() {
     for (verb, resource) in [
         ("watch", "headscaleservers.headscale.operator.dev"),
         ("patch", "headscaleservers.headscale.operator.dev/status"),
+        ("watch", "aclpolicies.headscale.operator.dev"),
+        ("patch", "aclpolicies.headscale.operator.dev/status"),
         ("get", "secrets"),
+        ("get", "configmaps"),
+        ("watch", "configmaps"),
         ("create", "events.events.k8s.io"),
     ] {
         assert!(can(verb, resource), "the operator needs {verb} {resource}");
@@ -382,6 +419,8 @@ async fn operator_rbac_is_least_privilege() {
         ("get", "pods/exec"),
         ("create", "secrets"),
         ("delete", "secrets"),
+        ("update", "configmaps"),
+        ("update", "aclpolicies.headscale.operator.dev"),
         ("delete", "headscaleservers.headscale.operator.dev"),
         ("update", "headscaleservers.headscale.operator.dev"),
         ("create", "clusterrolebindings.rbac.authorization.k8s.io"),

@@ -10,7 +10,10 @@ use serde_json::json;
 #[serde(rename_all = "camelCase")]
 pub struct ServerRef {
     /// Name of a HeadscaleServer in the same namespace.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub name: String,
 }
 
@@ -19,11 +22,14 @@ pub struct ServerRef {
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
     /// Name of the Secret, in the same namespace as the resource that refers to it.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub name: String,
-    /// Key inside the Secret's data.
+    /// Key inside the Secret's data (letters, digits, `-`, `_`, `.`).
     #[serde(default = "default_secret_key")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub key: String,
 }
 
@@ -36,10 +42,13 @@ fn default_secret_key() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct LocalObjectRef {
     /// Name of the object, in the same namespace.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub name: String,
-    /// Key inside the object's data.
-    #[schemars(length(min = 1, max = 253))]
+    /// Key inside the object's data (letters, digits, `-`, `_`, `.`).
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub key: String,
 }
 

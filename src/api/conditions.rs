@@ -14,6 +14,8 @@ pub mod reason {
     pub const READY: &str = "Ready";
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
     pub const SECRET_KEY_MISSING: &str = "SecretKeyMissing";
+    pub const SECRET_KEY_INVALID: &str = "SecretKeyInvalid";
+    pub const SECRET_READ_FAILED: &str = "SecretReadFailed";
     pub const API_KEY_REJECTED: &str = "ApiKeyRejected";
     pub const SERVER_UNREACHABLE: &str = "ServerUnreachable";
     pub const UNSUPPORTED_VERSION: &str = "UnsupportedVersion";

@@ -25,8 +25,8 @@ use super::common::{CommonStatus, ServerRef};
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
-#[x_kube(validation = Rule::new("!self.magicDns || (has(self.baseDomain) && self.baseDomain != '')").message("magicDns needs a baseDomain"))]
-#[x_kube(validation = Rule::new("!self.overrideLocalDns || size(self.nameservers.global) > 0").message("overrideLocalDns needs at least one global nameserver"))]
+#[x_kube(validation = Rule::new("!self.magicDns || (has(self.baseDomain) && self.baseDomain != '')").message("magicDns (on by default) needs spec.baseDomain: set baseDomain, or set magicDns: false"))]
+#[x_kube(validation = Rule::new("!self.overrideLocalDns || size(self.nameservers.global) > 0").message("overrideLocalDns (on by default, so DNS queries do not leak) needs at least one spec.nameservers.global entry: add one, or set overrideLocalDns: false"))]
 #[serde(rename_all = "camelCase")]
 pub struct DnsConfigSpec {
     /// The HeadscaleServer this DNS configuration is for.

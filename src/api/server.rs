@@ -48,10 +48,12 @@ pub struct HeadscaleServerSpec {
     pub external: Option<ExternalSpec>,
 
     /// Node lifetime, stale-node pruning and what to do with nodes nobody approved.
+    /// (Accepted and defaulted now; enforced by the nodes controller when it lands.)
     #[serde(default)]
     pub nodes: NodesSpec,
 
     /// Who may enrol which node. Enrollment is closed unless a NodeApproval allows it.
+    /// (Accepted and defaulted now; enforced by the nodes controller when it lands.)
     #[serde(default)]
     pub enrollment: EnrollmentSpec,
 
@@ -67,6 +69,9 @@ pub struct ExternalSpec {
     /// Base URL of the server, e.g. `https://headscale.example.com` (the `server_url`
     /// Headscale is configured with). The REST API is reached under `/api/v1`.
     #[x_kube(validation = Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != ''").message("external.url must be an absolute http:// or https:// URL, e.g. https://headscale.example.com"))]
+    #[x_kube(validation = Rule::new("!self.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*@')").message("external.url must not carry credentials (user:password@); the API key comes from apiKeySecretRef"))]
+    #[x_kube(validation = Rule::new("!self.contains('?') && !self.contains('#')").message("external.url must not have a query (?...) or a fragment (#...)"))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://(\\\\[[^\\\\]]*\\\\]|[^/:?#\\\\[]*)(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?([/?#].*)?$')").message("external.url has a port outside 1-65535"))]
     #[schemars(length(min = 1, max = 2048))]
     pub url: String,
 

@@ -31,13 +31,26 @@ pub async fn api_key(
 ) -> Result<Result<SecretString, Outcome>, ReadSecretError> {
     let secret_ref = &external.api_key_secret_ref;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let secret = secrets
-        .get_opt(&secret_ref.name)
-        .await
-        .map_err(|source| ReadSecretError {
-            name: secret_ref.name.clone(),
-            source,
-        })?;
+    let secret = match secrets.get_opt(&secret_ref.name).await {
+        Ok(secret) => secret,
+        // The API server answered and refused (RBAC, a bad name): the user can see why.
+        Err(kube::Error::Api(status)) => {
+            return Ok(Err(Outcome::not_ready(
+                reason::SECRET_READ_FAILED,
+                format!(
+                    "cannot read Secret {:?}: {} ({})",
+                    secret_ref.name, status.message, status.reason
+                ),
+                false,
+            )));
+        }
+        Err(source) => {
+            return Err(ReadSecretError {
+                name: secret_ref.name.clone(),
+                source,
+            });
+        }
+    };
     Ok(read_key(secret.as_ref(), &secret_ref.name, &secret_ref.key))
 }
 
@@ -103,11 +116,47 @@ pub fn read_key(secret: Option<&Secret>, name: &str, key: &str) -> Result<Secret
             true,
         )
     };
-    let bytes = bytes.ok_or_else(|| missing("does not exist"))?;
-    let text = String::from_utf8(bytes).map_err(|_| missing("is not valid UTF-8"))?;
+    let bytes = bytes.ok_or_else(|| {
+        let mut present: Vec<&str> = secret
+            .data
+            .iter()
+            .flat_map(|d| d.keys())
+            .map(String::as_str)
+            .collect();
+        present.extend(
+            secret
+                .string_data
+                .iter()
+                .flat_map(|d| d.keys())
+                .map(String::as_str),
+        );
+        if present.is_empty() {
+            missing("does not exist (the Secret has no keys)")
+        } else {
+            missing(&format!(
+                "does not exist (the Secret has: {})",
+                present.join(", ")
+            ))
+        }
+    })?;
+    let invalid = |why: &str| {
+        Outcome::not_ready(
+            reason::SECRET_KEY_INVALID,
+            format!("Secret {name:?} key {key:?} {why}"),
+            true,
+        )
+    };
+    let text = String::from_utf8(bytes).map_err(|_| invalid("is not valid UTF-8"))?;
     let trimmed = text.trim();
     if trimmed.is_empty() {
         return Err(missing("is empty"));
+    }
+    // An API key travels in an HTTP header: only visible ASCII can go there. Saying so
+    // beats a transport error that looks like an outage.
+    if !trimmed.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            "holds characters an API key cannot have (spaces, control characters or non-ASCII)",
+        ));
     }
     Ok(SecretString::new(trimmed))
 }
@@ -182,5 +231,50 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn keys_that_cannot_travel_in_a_header_are_invalid_not_an_outage() {
+        let secret_with = |bytes: &[u8]| Secret {
+            data: Some(BTreeMap::from([(
+                "api-key".to_string(),
+                ByteString(bytes.to_vec()),
+            )])),
+            ..Secret::default()
+        };
+        for bad in [
+            &b"abc\r\nX-Evil: 1"[..],
+            b"two words",
+            b"caf\xc3\xa9",
+            &[0xff, 0xfe],
+        ] {
+            match read_key(Some(&secret_with(bad)), "s", "api-key") {
+                Err(Outcome::NotReady {
+                    reason,
+                    stalled,
+                    message,
+                    ..
+                }) => {
+                    assert_eq!(reason, "SecretKeyInvalid", "{bad:?}");
+                    assert!(stalled, "{bad:?}: the user must fix it");
+                    assert!(!message.contains("Evil"), "the value leaked: {message}");
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        let other_keys = Secret {
+            data: Some(BTreeMap::from([("token".to_string(), ByteString(b"x".to_vec()))])),
+            ..Secret::default()
+        };
+        match read_key(Some(&other_keys), "s", "api-key") {
+            Err(Outcome::NotReady {
+                reason: "SecretKeyMissing",
+                message,
+                ..
+            }) => {
+                assert!(message.contains("the Secret has: token"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -127,6 +127,17 @@ pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>) {
         },
     );
 
+    // headscale_operator_server_ready follows the cache, so deleted servers leave it.
+    let metrics_store = store.clone();
+    let metrics = ctx.metrics.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tick.tick().await;
+            refresh_ready_metric(&metrics, &metrics_store.state());
+        }
+    });
+
     let ready_store = store.clone();
     tokio::spawn(async move {
         // The store's readiness is a oneshot that wakes only its latest poller, and the
@@ -153,6 +164,25 @@ pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>) {
             }
         })
         .await;
+}
+
+/// Rebuilds the per-server readiness gauge from the servers that exist.
+pub fn refresh_ready_metric(metrics: &Metrics, servers: &[Arc<HeadscaleServer>]) {
+    metrics.server_ready.clear();
+    for hs in servers {
+        let ready = hs
+            .status
+            .as_ref()
+            .and_then(|s| conditions::find(&s.conditions, conditions::READY))
+            .is_some_and(|c| c.status == "True");
+        metrics
+            .server_ready
+            .get_or_create(&ServerLabels {
+                namespace: hs.namespace().unwrap_or_default(),
+                name: hs.name_any(),
+            })
+            .set(i64::from(ready));
+    }
 }
 
 fn references_secret(external: &Option<ExternalSpec>, secret: &str) -> bool {
@@ -259,7 +289,7 @@ fn log_outcome(hs: &HeadscaleServer, outcome: &Outcome, changed: bool) {
             tracing::info!(%server, %version, %endpoint, "server ready")
         }
         (Outcome::NotReady { reason, message, .. }, true) => {
-            tracing::info!(%server, %reason, %message, "server not ready")
+            tracing::info!(%server, %reason, detail = %message, "server not ready")
         }
         (outcome, false) => tracing::debug!(%server, ?outcome, "server unchanged"),
     }
@@ -373,7 +403,9 @@ pub fn desired_status(
             endpoint,
             ..
         } => {
-            if version.is_some() {
+            // A version is only "last known" for the same endpoint: after the URL changed,
+            // the old server's version would describe something else.
+            if version.is_some() || (endpoint.is_some() && *endpoint != status.endpoint) {
                 status.version = version.clone();
             }
             if endpoint.is_some() {
@@ -388,7 +420,11 @@ pub fn desired_status(
                 generation,
                 now,
             );
-            let stalled_msg = if *stalled { message.clone() } else { String::new() };
+            let stalled_msg = if *stalled {
+                message.clone()
+            } else {
+                "not stalled: the operator retries by itself".to_string()
+            };
             conditions::set(
                 &mut status.conditions,
                 STALLED,
@@ -616,5 +652,45 @@ mod tests {
         .unwrap();
         let hs = HeadscaleServer::new("m", spec);
         assert_eq!(hs.mode(), "Managed");
+    }
+
+    #[test]
+    fn a_new_endpoint_does_not_inherit_the_old_version() {
+        let hs = server(1);
+        let now = t("2026-01-01T00:00:00Z");
+        let ready = Outcome::Ready {
+            version: "v0.29.2".into(),
+            endpoint: "http://a".into(),
+        };
+        let s1 = desired_status(&hs, &HeadscaleServerStatus::default(), &ready, now);
+        // Same endpoint, unreachable: the last known version stays.
+        let down = Outcome::not_ready(reason::SERVER_UNREACHABLE, "refused", false).with_endpoint("http://a");
+        assert_eq!(
+            desired_status(&hs, &s1, &down, now).version.as_deref(),
+            Some("v0.29.2")
+        );
+        // Another endpoint that never answered: no version.
+        let elsewhere =
+            Outcome::not_ready(reason::SERVER_UNREACHABLE, "refused", false).with_endpoint("http://b");
+        let s2 = desired_status(&hs, &s1, &elsewhere, now);
+        assert_eq!(s2.version, None);
+        assert_eq!(s2.endpoint.as_deref(), Some("http://b"));
+    }
+
+    #[test]
+    fn the_ready_metric_forgets_deleted_servers() {
+        let metrics = Metrics::default();
+        let mut a = server(1);
+        a.metadata.name = Some("a".into());
+        let mut b = server(1);
+        b.metadata.name = Some("b".into());
+        refresh_ready_metric(&metrics, &[Arc::new(a.clone()), Arc::new(b)]);
+        assert!(metrics.encode().contains("name=\"b\""));
+        refresh_ready_metric(&metrics, &[Arc::new(a)]);
+        let text = metrics.encode();
+        assert!(
+            text.contains("name=\"a\"") && !text.contains("name=\"b\""),
+            "{text}"
+        );
     }
 }

@@ -193,7 +193,7 @@ impl Client {
     pub fn with_config(base_url: &str, api_key: SecretString, config: ClientConfig) -> Result<Self, Error> {
         install_crypto_provider();
         let invalid = |reason: String| Error::InvalidUrl {
-            url: base_url.to_string(),
+            url: without_credentials(base_url),
             reason,
         };
         let mut base = Url::parse(base_url).map_err(|e| invalid(e.to_string()))?;
@@ -202,6 +202,17 @@ impl Client {
         }
         if base.host_str().is_none_or(str::is_empty) {
             return Err(invalid("the URL has no host".into()));
+        }
+        if !base.username().is_empty() || base.password().is_some() {
+            return Err(invalid(
+                "the URL must not carry credentials (user:password@); the API key comes from the Secret"
+                    .into(),
+            ));
+        }
+        if base.query().is_some() || base.fragment().is_some() {
+            return Err(invalid(
+                "the URL must not have a query (?...) or a fragment (#...)".into(),
+            ));
         }
         if !base.path().ends_with('/') {
             let path = format!("{}/", base.path());
@@ -213,6 +224,9 @@ impl Client {
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(config.max_in_flight.max(1))
             .tcp_nodelay(true)
+            // Never follow redirects: the Authorization header is dropped on the way, so a
+            // redirected check could "succeed" without the key ever being verified.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("headscale-operator/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| invalid(e.to_string()))?;
@@ -408,6 +422,22 @@ fn decode<T: DeserializeOwned>(op: &'static str, status: u16, bytes: &[u8]) -> R
             e.column()
         ),
     })
+}
+
+/// The URL for messages, with any `user:password@` removed.
+fn without_credentials(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Ok(_) => url.to_string(),
+        Err(_) => match url.split_once('@') {
+            Some((_, rest)) => format!("[credentials removed]@{rest}"),
+            None => url.to_string(),
+        },
+    }
 }
 
 /// reqwest needs a process-wide rustls provider when built without its own; kube

@@ -38,6 +38,8 @@ pub enum Reply {
     Delay(Duration, String),
     /// Close the connection with a TCP reset, no answer.
     Reset,
+    /// `302 Found` to this location.
+    Redirect(String),
 }
 
 type Script = dyn Fn(&Seen, usize) -> Reply + Send + Sync;
@@ -131,6 +133,10 @@ async fn serve(mut stream: TcpStream, state: Arc<State>) {
             Reply::Delay(wait, body) => {
                 tokio::time::sleep(wait).await;
                 write(&mut stream, 200, "application/json", &body).await
+            }
+            Reply::Redirect(location) => {
+                let text = format!("HTTP/1.1 302 Found\r\nlocation: {location}\r\ncontent-length: 0\r\n\r\n");
+                stream.write_all(text.as_bytes()).await
             }
             Reply::Reset => {
                 let _ = stream.set_zero_linger();

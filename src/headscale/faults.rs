@@ -398,3 +398,28 @@ async fn the_observer_sees_every_attempt() {
     assert!(last.on_wire >= Duration::from_millis(30));
     assert!(last.total >= last.on_wire + last.queued);
 }
+
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    // A redirect drops the Authorization header: following it could report a key as
+    // accepted that was never checked.
+    let target = FakeServer::start("v0.29.2", |_, _| ok(json!({"databaseConnectivity": true}))).await;
+    let location = format!("{}/api/v1/health", target.url);
+    let server = FakeServer::start("v0.29.2", move |_, _| Reply::Redirect(location.clone())).await;
+    let e = client(&server.url).check_api_key().await.unwrap_err();
+    assert!(!e.is_transient(), "{e:?}");
+    assert!(target.seen().is_empty(), "the redirect was followed");
+}
+
+#[test]
+fn urls_with_credentials_query_or_fragment_are_refused_without_echoing_credentials() {
+    for url in [
+        "https://user:pw-secret@hs.example.com",
+        "https://hs.example.com/?x=y",
+        "https://hs.example.com/#f",
+    ] {
+        let e = Client::new(url, SecretString::new(KEY)).unwrap_err();
+        assert!(matches!(e, Error::InvalidUrl { .. }), "{url}: {e:?}");
+        assert!(!e.to_string().contains("pw-secret"), "{e}");
+    }
+}
