@@ -62,6 +62,10 @@ struct RunArgs {
     /// Longest wait between retries of a failing server, in seconds.
     #[arg(long, env = "HSOP_MAX_BACKOFF_SECONDS", default_value_t = 300)]
     max_backoff_seconds: u64,
+    /// How long the policy controller waits for further fragment changes before it
+    /// merges and applies, in milliseconds.
+    #[arg(long, env = "HSOP_POLICY_DEBOUNCE_MS", default_value_t = 500)]
+    policy_debounce_ms: u64,
     /// Reconcile only while holding a Lease, so several replicas can run.
     #[arg(long, env = "HSOP_LEADER_ELECTION", default_value_t = false)]
     leader_election: bool,
@@ -110,6 +114,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         watch_namespace: Some(args.watch_namespace).filter(|s| !s.is_empty()),
         resync: Duration::from_secs(args.resync_seconds.max(1)),
         max_backoff: Duration::from_secs(args.max_backoff_seconds.max(1)),
+        policy_debounce: Duration::from_millis(args.policy_debounce_ms),
     };
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),

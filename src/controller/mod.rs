@@ -3,6 +3,7 @@
 
 pub mod backoff;
 pub mod connect;
+pub mod policy;
 pub mod server;
 
 use std::collections::HashMap;
@@ -25,6 +26,9 @@ pub struct Settings {
     pub resync: Duration,
     /// Longest wait between retries of a failing server.
     pub max_backoff: Duration,
+    /// How long the policy controller waits for more fragment changes before it
+    /// merges (`kubectl apply -f dir/` of several fragments makes one write).
+    pub policy_debounce: Duration,
 }
 
 impl Default for Settings {
@@ -33,6 +37,7 @@ impl Default for Settings {
             watch_namespace: None,
             resync: Duration::from_secs(60),
             max_backoff: Duration::from_secs(300),
+            policy_debounce: Duration::from_millis(500),
         }
     }
 }
@@ -79,5 +84,5 @@ impl Context {
 /// Runs every controller until a shutdown signal.
 pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) {
     let ctx = Context::new(client, metrics, settings);
-    server::run(ctx, ready).await;
+    futures::join!(server::run(ctx.clone(), ready), policy::run(ctx));
 }

@@ -83,6 +83,11 @@ if check "helm template (defaults)" render "$d"; then
   else
     fail "rbac: secrets verbs are exactly get, list, watch" "$(grep -A1 secrets "$d")"
   fi
+  if grep -A1 'resources: \["configmaps"\]' "$d" | grep -q 'verbs: \["get", "list", "watch"\]'; then
+    ok "rbac: configmaps verbs are exactly get, list, watch (AclPolicy configMapRef)"
+  else
+    fail "rbac: configmaps verbs are exactly get, list, watch (AclPolicy configMapRef)" "$(grep -A1 configmaps "$d")"
+  fi
   expect_count "rbac: lease get/update restricted by resourceNames" "$d" '^    resourceNames: \["headscale-operator"\]$' 1
   # Pod and container security.
   expect_count "deployment: strategy Recreate" "$d" '^    type: Recreate$' 1
