@@ -119,6 +119,22 @@ async fn external_server_is_ready_on_every_supported_version() {
         assert_eq!(status.observed_generation, obj.metadata.generation);
         assert_eq!(condition(&obj, "Stalled").0, "False");
         wait_event(&client, &ns, "corp", "Normal", "Ready").await;
+        // The policy controller reports on the same status (no AclPolicy: Headscale's
+        // own policy is left alone); the steady state starts once both have written.
+        let api = Api::<HeadscaleServer>::namespaced(client.clone(), &ns);
+        let obj = wait_for("PolicyApplied=False NoAclPolicies", WAIT, || async {
+            let hs = api.get("corp").await.map_err(|e| e.to_string())?;
+            let reason = hs
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == "PolicyApplied"))
+                .map(|c| c.reason.clone());
+            match reason.as_deref() {
+                Some("NoAclPolicies") => Ok(hs),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
 
         // Steady state writes nothing: the operator re-checks every 2 s in the tests,
         // and the object's resourceVersion must not move.
