@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo (`make demo`): builds what is missing, starts a local control plane and a real
 # Headscale, installs the chart, runs the operator under the chart's ServiceAccount, applies
-# examples/, waits until the HeadscaleServer is Ready and shows what a user sees.
+# examples/, waits until the HeadscaleServer and the two teams' AclPolicy fragments are Ready
+# and shows what a user sees, including the merged policy Headscale serves.
 #
 #   e2e/demo.sh            run, show, stop everything on exit
 #   e2e/demo.sh --keep     leave it running and print how to use and stop it
@@ -74,6 +75,10 @@ kubectl -n "$NS" create secret generic headscale-api-key --from-file=api-key="$D
 sed "s#url: http://127.0.0.1:8080#url: $url#" examples/external-server.yaml | kubectl -n "$NS" apply -f -
 kubectl -n "$NS" wait --for=condition=Ready headscaleserver/corp --timeout=90s
 
+step "kubectl apply examples/acl-team-*.yaml (two teams' AclPolicy fragments for corp)"
+kubectl -n "$NS" apply -f examples/acl-team-platform.yaml -f examples/acl-team-web.yaml
+kubectl -n "$NS" wait --for=condition=Ready aclpolicy/team-platform aclpolicy/team-web --timeout=60s
+
 step "what a user sees"
 kubectl -n "$NS" get headscaleservers -o wide
 echo
@@ -81,7 +86,16 @@ kubectl -n "$NS" get headscaleserver corp -o jsonpath='{range .status.conditions
 echo
 kubectl -n "$NS" get events --field-selector involvedObject.name=corp
 echo
+kubectl -n "$NS" get aclpolicies -o wide
+echo
+kubectl -n "$NS" get events --field-selector involvedObject.kind=AclPolicy
+echo
 echo "Headscale itself says: $(curl -s "$url/version")"
+echo
+echo "The merged policy Headscale serves (GET /api/v1/policy):"
+# The key goes in a header read from a pipe: never on a command line, never printed.
+printf 'Authorization: Bearer %s\n' "$(cat "$DEMO/headscale/api-key")" |
+  curl -sf -H @- "$url/api/v1/policy" | python3 -c 'import json, sys; print(json.load(sys.stdin)["policy"])'
 
 step "demo ready in $((SECONDS - t0))s"
 if [ "$keep" = 1 ]; then
@@ -89,7 +103,7 @@ if [ "$keep" = 1 ]; then
 Everything keeps running. To look around:
   . $DEMO/cluster/env          # KUBECONFIG and friends
   export PATH=$HSOP_K8S_BIN:\$PATH
-  kubectl -n $NS get hss
+  kubectl -n $NS get hss,hsacl -o wide
   curl $(cat "$DEMO/operator/operator.url")/metrics
   tail -f $DEMO/operator/operator.log
 Stop it all with: e2e/demo.sh --down

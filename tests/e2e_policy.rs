@@ -417,6 +417,40 @@ async fn two_fragments_merge_into_the_policy_headscale_serves() {
     .await;
 }
 
+/// The two teams of `examples/` (one fragment inline, one from a ConfigMap, one using
+/// the other's tag) merge into a policy every version accepts and serves.
+#[tokio::test]
+async fn the_example_fragments_merge_and_are_served_on_every_version() {
+    on_every_version("examples", |s| async move {
+        let out = kubectl(&[
+            "-n",
+            &s.ns,
+            "apply",
+            "-f",
+            repo().join("examples/acl-team-platform.yaml").to_str().unwrap(),
+            "-f",
+            repo().join("examples/acl-team-web.yaml").to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let hash = s.wait_applied(&["team-platform", "team-web"]).await;
+        let served = s.wait_served(&hash).await;
+        let groups =
+            serde_json::to_string(&policy::hujson::parse(&served.policy).unwrap()["groups"]).unwrap();
+        assert!(
+            groups.contains("group:platform") && groups.contains("group:web-devs"),
+            "{groups}"
+        );
+        if s.minor() >= 29 {
+            s.hs.client().check_policy(&served.policy).await.unwrap();
+        }
+        for name in ["team-platform", "team-web"] {
+            let f = s.fragments().get(name).await.unwrap();
+            assert!(f.status.unwrap().warnings.is_empty(), "{name} has warnings");
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn editing_a_fragment_updates_the_server_within_seconds() {
     on_every_version("edit", |s| async move {
