@@ -70,6 +70,7 @@ e2e/operator.sh start "$RUN/operator" "${owner[@]}" -- --resync-seconds 2 --max-
 step "integration tests"
 HSOP_E2E_DIR=$RUN cargo test --test e2e -- --test-threads 4
 HSOP_E2E_DIR=$RUN cargo test --test e2e_policy -- --test-threads 4
+HSOP_E2E_DIR=$RUN cargo test --test e2e_nodes -- --test-threads 4
 HSOP_E2E_DIR=$RUN cargo test --test headscale_client -- --test-threads 2
 
 step "done in $((SECONDS - t0))s"

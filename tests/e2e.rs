@@ -423,7 +423,12 @@ async fn operator_rbac_is_least_privilege() {
         ("patch", "headscaleservers.headscale.operator.dev/status"),
         ("watch", "aclpolicies.headscale.operator.dev"),
         ("patch", "aclpolicies.headscale.operator.dev/status"),
+        ("watch", "nodeapprovals.headscale.operator.dev"),
+        ("patch", "nodeapprovals.headscale.operator.dev/status"),
         ("get", "secrets"),
+        // Pre-auth keys into Secrets owned by their NodeApproval (server-side apply).
+        ("create", "secrets"),
+        ("patch", "secrets"),
         ("get", "configmaps"),
         ("watch", "configmaps"),
         ("create", "events.events.k8s.io"),
@@ -433,8 +438,9 @@ async fn operator_rbac_is_least_privilege() {
     for (verb, resource) in [
         ("create", "pods/exec"),
         ("get", "pods/exec"),
-        ("create", "secrets"),
         ("delete", "secrets"),
+        ("update", "secrets"),
+        ("deletecollection", "secrets"),
         ("update", "configmaps"),
         ("update", "aclpolicies.headscale.operator.dev"),
         ("delete", "headscaleservers.headscale.operator.dev"),

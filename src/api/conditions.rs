@@ -45,6 +45,32 @@ pub mod reason {
     /// Event: the served policy was changed outside the operator and the desired one
     /// is invalid, so there is nothing valid to restore.
     pub const POLICY_DRIFT: &str = "PolicyDrift";
+
+    // The nodes controller (NodeApproval `Ready`; its Events).
+    /// An interactive registration was approved: the node is registered.
+    pub const REGISTERED: &str = "Registered";
+    /// A pre-auth key is in its Secret, not used yet.
+    pub const KEY_ISSUED: &str = "KeyIssued";
+    /// The pre-auth key was used: the node is registered.
+    pub const KEY_USED: &str = "KeyUsed";
+    /// An enrollment rule of the server forbids the approval; nothing was done.
+    pub const ENROLLMENT_REFUSED: &str = "EnrollmentRefused";
+    /// The auth id is unknown to Headscale: mistyped, expired (15 min), already used,
+    /// or dropped by a restart. Terminal.
+    pub const AUTH_ID_NOT_FOUND: &str = "AuthIdNotFound";
+    /// The pre-auth key expired unused (and `renew` is off). Terminal.
+    pub const KEY_EXPIRED: &str = "KeyExpired";
+    /// The pre-auth key is gone from the server (deleted outside the operator). Terminal.
+    pub const KEY_REVOKED: &str = "KeyRevoked";
+    /// Event: an expired unused key was expired on the server and a new one minted.
+    pub const KEY_RENEWED: &str = "KeyRenewed";
+    pub const USER_NOT_FOUND: &str = "UserNotFound";
+    /// The Secret named for the key exists and is not the approval's own.
+    pub const SECRET_CONFLICT: &str = "SecretConflict";
+    /// The node was registered but Headscale refused its tags (not in `tagOwners`).
+    pub const TAGS_REJECTED: &str = "TagsRejected";
+    /// Headscale refused the request as invalid (e.g. a malformed auth id). Terminal.
+    pub const REQUEST_REJECTED: &str = "RequestRejected";
 }
 
 /// The status of a condition, as Kubernetes spells it.

@@ -9,7 +9,7 @@ pub mod dns;
 pub mod server;
 
 pub use acl::{AclPolicy, AclPolicySpec, AclPolicyStatus};
-pub use approval::{NodeApproval, NodeApprovalSpec};
+pub use approval::{NodeApproval, NodeApprovalSpec, NodeApprovalStatus};
 pub use common::{CommonStatus, LocalObjectRef, SecretKeyRef, ServerRef};
 pub use dns::{DnsConfig, DnsConfigSpec};
 pub use server::{

@@ -52,8 +52,9 @@ pub struct HeadscaleServerSpec {
     #[serde(default)]
     pub nodes: NodesSpec,
 
-    /// Who may enrol which node. Enrollment is closed unless a NodeApproval allows it.
-    /// (Accepted and defaulted now; enforced by the nodes controller when it lands.)
+    /// Who may enrol which node: the rules every NodeApproval is checked against
+    /// before the operator registers a node or mints a key (enforced by the nodes
+    /// controller).
     #[serde(default)]
     pub enrollment: EnrollmentSpec,
 
@@ -473,10 +474,13 @@ pub struct EnrollmentSpec {
     /// Tags approvals may use (`tag:name`); empty allows any tag.
     #[serde(default)]
     pub allowed_tags: Vec<String>,
-    /// Regular expressions a node's hostname must match; empty allows any.
+    /// Glob patterns (`*` any run of characters, `?` one character, case-insensitive)
+    /// the approval's `spec.hostname` must match; empty allows any hostname. When set,
+    /// an approval without a hostname is refused.
     #[serde(default)]
     pub hostname_patterns: Vec<String>,
-    /// Most nodes one user may own; 0 means no limit.
+    /// Most nodes one user may own (counted on the server before each approval is
+    /// executed); 0 means no limit.
     #[serde(default)]
     #[schemars(range(min = 0))]
     pub max_nodes_per_user: i32,

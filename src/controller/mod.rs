@@ -3,6 +3,7 @@
 
 pub mod backoff;
 pub mod connect;
+pub mod nodes;
 pub mod policy;
 pub mod server;
 
@@ -84,5 +85,9 @@ impl Context {
 /// Runs every controller until a shutdown signal.
 pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) {
     let ctx = Context::new(client, metrics, settings);
-    futures::join!(server::run(ctx.clone(), ready), policy::run(ctx));
+    futures::join!(
+        server::run(ctx.clone(), ready),
+        policy::run(ctx.clone()),
+        nodes::run(ctx)
+    );
 }

@@ -78,10 +78,13 @@ if check "helm template (defaults)" render "$d"; then
   grep -vE '^[[:space:]]*#' "$d" >"$work/default-nocomments.yaml"
   expect_count "rbac: no wildcard verbs, resources or groups" "$work/default-nocomments.yaml" '"\*"|'"'"'\*'"'"'|- \*$' 0
   expect_count "rbac: no pods/exec" "$work/default-nocomments.yaml" 'pods/exec' 0
-  if grep -A1 'resources: \["secrets"\]' "$d" | grep -q 'verbs: \["get", "list", "watch"\]'; then
-    ok "rbac: secrets verbs are exactly get, list, watch"
+  # Secrets: read (API keys), and create/patch only (pre-auth keys of NodeApprovals,
+  # garbage-collected with their owner): never update, never delete.
+  secret_verbs=$(grep -A1 'resources: \["secrets"\]' "$d" | grep 'verbs:' | sed 's/^ *//' | sort | tr '\n' ' ')
+  if [ "$secret_verbs" = 'verbs: ["create", "patch"] verbs: ["get", "list", "watch"] ' ]; then
+    ok "rbac: secrets verbs are exactly get, list, watch + create, patch"
   else
-    fail "rbac: secrets verbs are exactly get, list, watch" "$(grep -A1 secrets "$d")"
+    fail "rbac: secrets verbs are exactly get, list, watch + create, patch" "$secret_verbs"
   fi
   if grep -A1 'resources: \["configmaps"\]' "$d" | grep -q 'verbs: \["get", "list", "watch"\]'; then
     ok "rbac: configmaps verbs are exactly get, list, watch (AclPolicy configMapRef)"

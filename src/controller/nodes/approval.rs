@@ -1,0 +1,1008 @@
+//! NodeApproval: check the server's enrollment rules, then register the pending node
+//! or mint a pre-auth key into a Secret, and keep the approval's status as the record
+//! of that node. A terminal outcome (approved, refused auth id, expired key) is not
+//! retried until the spec changes: no retry storms against Headscale.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::rules::{self, KeyRequest, Request, Violation};
+use super::{CONTROLLER, FIELD_MANAGER, State, object_key};
+use crate::api::approval::{AUTH_KEY_SECRET_KEY, ApprovedNode, IssuedKey, PreAuthKeySpec, RegistrationSpec};
+use crate::api::conditions::{self, reason};
+use crate::api::server::EnrollmentSpec;
+use crate::api::{HeadscaleServer, NodeApproval, NodeApprovalStatus};
+use crate::controller::{backoff, connect};
+use crate::headscale::{self, Node, PreAuthKey, PreAuthKeyId};
+use crate::metrics::Metrics;
+
+const STALLED: &str = "Stalled";
+
+pub mod phase {
+    pub const PENDING: &str = "Pending";
+    pub const KEY_ISSUED: &str = "KeyIssued";
+    pub const APPROVED: &str = "Approved";
+    pub const REFUSED: &str = "Refused";
+    pub const FAILED: &str = "Failed";
+}
+
+#[derive(thiserror::Error, Debug)]
+pub enum Error {
+    #[error(transparent)]
+    ReadSecret(#[from] connect::ReadSecretError),
+    #[error("reading HeadscaleServer {name}: {source}")]
+    GetServer {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{0}")]
+    Headscale(#[source] headscale::Error),
+    #[error("reading Secret {name}: {source}")]
+    GetSecret {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("writing Secret {name}: {source}")]
+    ApplySecret {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("writing status: {0}")]
+    PatchStatus(#[source] kube::Error),
+    #[error("object has no namespace or uid")]
+    MissingMetadata,
+}
+
+impl Error {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::ReadSecret(_) => "ReadSecret",
+            Error::GetServer { .. } => "GetServer",
+            Error::Headscale(e) => e.reason(),
+            Error::GetSecret { .. } => "GetSecret",
+            Error::ApplySecret { .. } => "ApplySecret",
+            Error::PatchStatus(_) => "PatchStatus",
+            Error::MissingMetadata => "MissingMetadata",
+        }
+    }
+}
+
+impl From<headscale::Error> for Error {
+    fn from(e: headscale::Error) -> Self {
+        Error::Headscale(e)
+    }
+}
+
+/// What a reconcile decided.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// Waiting for something outside the approval (the server, a user); retried.
+    Pending {
+        reason: &'static str,
+        message: String,
+        /// A person must act (create the user, free the Secret name).
+        stalled: bool,
+    },
+    /// An enrollment rule forbids it; nothing was done on the server.
+    Refused(Violation),
+    /// Terminal until the spec changes.
+    Failed { reason: &'static str, message: String },
+    /// A key is in its Secret, not used yet.
+    KeyIssued { key: IssuedKey, renewed: bool },
+    /// The node is registered (or the key was used).
+    Approved {
+        reason: &'static str,
+        node: Option<ApprovedNode>,
+        key: Option<IssuedKey>,
+        /// Registered, but something after it failed (e.g. tags).
+        warning: Option<(&'static str, String)>,
+    },
+}
+
+pub async fn reconcile(na: Arc<NodeApproval>, state: Arc<State>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let labels = Metrics::controller(CONTROLLER);
+    state.ctx.metrics.reconciles.get_or_create(&labels).inc();
+    let result = reconcile_inner(&na, &state).await;
+    state
+        .ctx
+        .metrics
+        .reconcile_duration
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+/// The approval's record: its status, completed from memory when a write of it was
+/// lost (a node registered or a key minted just before a failed status write must not
+/// be registered or minted again).
+fn record(na: &NodeApproval, state: &State) -> NodeApprovalStatus {
+    let mut old = na.status.clone().unwrap_or_default();
+    if let Some(uid) = na.uid()
+        && let Some(mem) = state.remembered(&uid)
+    {
+        if old.node.is_none() {
+            old.node = mem.node;
+        }
+        if old.pre_auth_key.is_none() {
+            old.pre_auth_key = mem.pre_auth_key;
+        }
+    }
+    old
+}
+
+/// Whether nothing is left to do for this generation.
+pub fn settled(status: &NodeApprovalStatus, generation: Option<i64>) -> bool {
+    status.observed_generation == generation
+        && matches!(
+            status.phase.as_deref(),
+            Some(phase::APPROVED) | Some(phase::FAILED)
+        )
+}
+
+async fn reconcile_inner(na: &NodeApproval, state: &State) -> Result<Action, Error> {
+    let ctx = &state.ctx;
+    let ns = na.namespace().ok_or(Error::MissingMetadata)?;
+    let key = object_key(na);
+    let generation = na.metadata.generation;
+    let live = na.status.clone().unwrap_or_default();
+    if settled(&live, generation) {
+        return Ok(Action::await_change());
+    }
+    let old = record(na, state);
+
+    let outcome = decide(na, state, &ns, &old).await?;
+    let now = Timestamp::now();
+    let new = desired_status(generation, &old, &outcome, now);
+    if let Some(uid) = na.uid() {
+        state.remember(&uid, &new);
+    }
+    if new != live {
+        let api: Api<NodeApproval> = Api::namespaced(ctx.client.clone(), &ns);
+        let patch = json!({
+            "apiVersion": NodeApproval::api_version(&()),
+            "kind": NodeApproval::kind(&()),
+            "status": new,
+        });
+        api.patch_status(
+            &na.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::PatchStatus)?;
+    }
+
+    let mut events = Vec::new();
+    if let Outcome::KeyIssued { renewed: true, key } = &outcome {
+        events.push(Event {
+            type_: EventType::Normal,
+            reason: reason::KEY_RENEWED.into(),
+            note: Some(format!(
+                "the unused key expired and was expired on the server; new pre-auth key {} written to Secret {}",
+                key.id, key.secret_name
+            )),
+            action: "MintKey".into(),
+            secondary: None,
+        });
+    }
+    if let Some(ev) = transition_event(
+        conditions::find(&live.conditions, conditions::READY),
+        conditions::find(&new.conditions, conditions::READY),
+    ) {
+        log_transition(&key, &outcome);
+        events.push(ev);
+    }
+    for ev in events {
+        publish(ctx, na, ev).await;
+    }
+
+    ctx.clear_failures(&key);
+    Ok(match &outcome {
+        Outcome::Pending { .. } => Action::requeue(ctx.settings.resync),
+        Outcome::KeyIssued { key, .. } => {
+            // Look again at the resync interval (was it used?) and right after expiry.
+            let until_expiry = key
+                .expiration
+                .as_ref()
+                .map(|t| t.0.duration_since(now))
+                .and_then(|d| Duration::try_from(d).ok())
+                .map(|d| d + Duration::from_secs(1))
+                .unwrap_or(ctx.settings.resync);
+            Action::requeue(until_expiry.min(ctx.settings.resync))
+        }
+        Outcome::Refused(_) | Outcome::Failed { .. } | Outcome::Approved { .. } => Action::await_change(),
+    })
+}
+
+fn log_transition(key: &str, outcome: &Outcome) {
+    match outcome {
+        Outcome::Approved { reason, node, .. } => {
+            let (id, name) = node
+                .as_ref()
+                .map(|n| (n.id.as_str(), n.name.as_str()))
+                .unwrap_or_default();
+            tracing::info!(approval = %key, %reason, node_id = %id, node = %name, "node approved")
+        }
+        Outcome::KeyIssued { key: k, .. } => {
+            tracing::info!(approval = %key, key_id = %k.id, secret = %k.secret_name, "pre-auth key issued")
+        }
+        Outcome::Refused(v) => {
+            tracing::info!(approval = %key, rule = %v.rule, detail = %v.message, "approval refused by an enrollment rule")
+        }
+        Outcome::Failed { reason, message } => {
+            tracing::info!(approval = %key, %reason, detail = %message, "approval failed")
+        }
+        Outcome::Pending { reason, message, .. } => {
+            tracing::info!(approval = %key, %reason, detail = %message, "approval pending")
+        }
+    }
+}
+
+async fn decide(
+    na: &NodeApproval,
+    state: &State,
+    ns: &str,
+    old: &NodeApprovalStatus,
+) -> Result<Outcome, Error> {
+    let ctx = &state.ctx;
+    let server_name = &na.spec.server_ref.name;
+    // An approved registration is a record; it needs nothing from the server.
+    if na.spec.registration.is_some()
+        && let Some(node) = &old.node
+    {
+        return Ok(Outcome::Approved {
+            reason: reason::REGISTERED,
+            node: Some(node.clone()),
+            key: None,
+            warning: None,
+        });
+    }
+    let servers: Api<HeadscaleServer> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(hs) = servers
+        .get_opt(server_name)
+        .await
+        .map_err(|source| Error::GetServer {
+            name: server_name.clone(),
+            source,
+        })?
+    else {
+        return Ok(Outcome::Pending {
+            reason: reason::SERVER_NOT_FOUND,
+            message: format!("HeadscaleServer {server_name:?} does not exist in this namespace"),
+            stalled: false,
+        });
+    };
+    let client = match state.client_for(ns, &hs).await? {
+        Ok(c) => c,
+        Err(why) => {
+            return Ok(Outcome::Pending {
+                reason: reason::SERVER_NOT_READY,
+                message: format!("{why}; the approval is executed once it is"),
+                stalled: false,
+            });
+        }
+    };
+    match (&na.spec.registration, &na.spec.pre_auth_key) {
+        (Some(reg), _) => register(na, &hs.spec.enrollment, &client, reg).await,
+        (None, Some(pak)) => pre_auth_key(&ctx.client, na, ns, &hs.spec.enrollment, &client, pak, old).await,
+        (None, None) => Ok(Outcome::Failed {
+            reason: reason::INVALID_SPEC,
+            message: "set spec.registration or spec.preAuthKey".into(),
+        }),
+    }
+}
+
+/// Checks the rules, counting the user's nodes only when a quota needs it.
+async fn check_rules(
+    rules: &EnrollmentSpec,
+    req: &Request<'_>,
+    client: &headscale::Client,
+) -> Result<Result<(), Violation>, Error> {
+    let count = match req.user {
+        Some(user) if rules::needs_node_count(rules, req) => client
+            .list_nodes(Some(user))
+            .await?
+            .iter()
+            .filter(|n| !n.is_tagged())
+            .count(),
+        _ => 0,
+    };
+    Ok(rules::check(rules, req, count))
+}
+
+async fn register(
+    na: &NodeApproval,
+    rules: &EnrollmentSpec,
+    client: &headscale::Client,
+    reg: &RegistrationSpec,
+) -> Result<Outcome, Error> {
+    let req = Request {
+        user: Some(&reg.user),
+        tags: &reg.tags,
+        hostname: na.spec.hostname.as_deref(),
+        key: None,
+    };
+    if let Err(v) = check_rules(rules, &req, client).await? {
+        return Ok(Outcome::Refused(v));
+    }
+    if client.find_user(&reg.user).await?.is_none() {
+        return Ok(Outcome::Pending {
+            reason: reason::USER_NOT_FOUND,
+            message: format!(
+                "Headscale has no user {:?}; create it (the pending registration expires 15 minutes after `tailscale up`)",
+                reg.user
+            ),
+            stalled: true,
+        });
+    }
+    let node = match client.register_node(&reg.auth_id, &reg.user).await {
+        Ok(node) => node,
+        Err(headscale::Error::NotFound { .. }) => {
+            return Ok(Outcome::Failed {
+                reason: reason::AUTH_ID_NOT_FOUND,
+                message: "Headscale has no pending registration with this auth id: it is mistyped, expired (Headscale keeps one 15 minutes), already used, or was lost when Headscale restarted. Run `tailscale up` again and approve the new auth id in a new NodeApproval".into(),
+            });
+        }
+        Err(e @ (headscale::Error::InvalidInput { .. } | headscale::Error::Conflict { .. })) => {
+            return Ok(Outcome::Failed {
+                reason: reason::REQUEST_REJECTED,
+                message: format!("Headscale refused the registration: {e}"),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut warning = None;
+    let mut node = node;
+    if !reg.tags.is_empty() {
+        match client.set_tags(node.id, &reg.tags).await {
+            Ok(tagged) => node = tagged,
+            Err(e) => {
+                warning = Some((
+                    reason::TAGS_REJECTED,
+                    format!(
+                        "node {} is registered as user {:?}, but Headscale refused the tags {:?}: {e}",
+                        node.id, reg.user, reg.tags
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(Outcome::Approved {
+        reason: reason::REGISTERED,
+        node: Some(approved_node(&node, Timestamp::now())),
+        key: None,
+        warning,
+    })
+}
+
+pub fn approved_node(node: &Node, now: Timestamp) -> ApprovedNode {
+    ApprovedNode {
+        id: node.id.to_string(),
+        name: node.name.clone(),
+        user: if node.is_tagged() {
+            None
+        } else {
+            node.user.as_ref().map(|u| u.name.clone())
+        },
+        registered_time: Some(Time(node.created_at.unwrap_or(now))),
+    }
+}
+
+/// Where an issued key stands on the server. Pure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyState {
+    Unused,
+    Used,
+    Expired,
+    Missing,
+}
+
+pub fn key_state(key: Option<&PreAuthKey>, now: Timestamp) -> KeyState {
+    match key {
+        None => KeyState::Missing,
+        Some(k) if k.used => KeyState::Used,
+        Some(k) if k.is_expired(now) => KeyState::Expired,
+        Some(_) => KeyState::Unused,
+    }
+}
+
+async fn pre_auth_key(
+    kube: &kube::Client,
+    na: &NodeApproval,
+    ns: &str,
+    rules: &EnrollmentSpec,
+    client: &headscale::Client,
+    pak: &PreAuthKeySpec,
+    old: &NodeApprovalStatus,
+) -> Result<Outcome, Error> {
+    let Some(issued) = &old.pre_auth_key else {
+        return mint(kube, na, ns, rules, client, pak, false).await;
+    };
+    let id: Option<PreAuthKeyId> = issued.id.parse().ok();
+    let keys = client.list_pre_auth_keys().await?;
+    let now = Timestamp::now();
+    let listed = id.and_then(|id| keys.iter().find(|k| k.id == id));
+    match key_state(listed, now) {
+        KeyState::Unused => Ok(Outcome::KeyIssued {
+            key: issued.clone(),
+            renewed: false,
+        }),
+        KeyState::Used => {
+            let nodes = client.list_nodes(None).await?;
+            let node = nodes.iter().find(|n| n.pre_auth_key_id == id);
+            Ok(Outcome::Approved {
+                reason: reason::KEY_USED,
+                node: node.map(|n| approved_node(n, now)),
+                key: Some(IssuedKey {
+                    used: true,
+                    ..issued.clone()
+                }),
+                warning: None,
+            })
+        }
+        state @ (KeyState::Expired | KeyState::Missing) => {
+            if let (KeyState::Expired, Some(id)) = (state, id) {
+                // Expired by time already; expiring it on the server makes it final
+                // (and visible as expired by the operator in Headscale's list).
+                match client.expire_pre_auth_key(id).await {
+                    Ok(()) | Err(headscale::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                tracing::info!(approval = %object_key(na), key_id = %id, "expired an unused pre-auth key on the server");
+            }
+            if pak.renew {
+                return mint(kube, na, ns, rules, client, pak, true).await;
+            }
+            Ok(if state == KeyState::Expired {
+                Outcome::Failed {
+                    reason: reason::KEY_EXPIRED,
+                    message: format!(
+                        "pre-auth key {} expired unused; set spec.preAuthKey.renew to mint a new one",
+                        issued.id
+                    ),
+                }
+            } else {
+                Outcome::Failed {
+                    reason: reason::KEY_REVOKED,
+                    message: format!(
+                        "pre-auth key {} is no longer on the server (deleted outside the operator)",
+                        issued.id
+                    ),
+                }
+            })
+        }
+    }
+}
+
+async fn mint(
+    kube: &kube::Client,
+    na: &NodeApproval,
+    ns: &str,
+    rules: &EnrollmentSpec,
+    client: &headscale::Client,
+    pak: &PreAuthKeySpec,
+    renewed: bool,
+) -> Result<Outcome, Error> {
+    let Some(lifetime) = rules::parse_duration(&pak.expiration).filter(|d| !d.is_zero()) else {
+        return Ok(Outcome::Failed {
+            reason: reason::INVALID_SPEC,
+            message: format!(
+                "spec.preAuthKey.expiration {:?} is not a positive duration",
+                pak.expiration
+            ),
+        });
+    };
+    let req = Request {
+        user: pak.user.as_deref(),
+        tags: &pak.tags,
+        hostname: na.spec.hostname.as_deref(),
+        key: Some(KeyRequest {
+            lifetime,
+            reusable: pak.reusable,
+        }),
+    };
+    if let Err(v) = check_rules(rules, &req, client).await? {
+        return Ok(Outcome::Refused(v));
+    }
+    let user = match &pak.user {
+        None => None,
+        Some(name) => match client.find_user(name).await? {
+            Some(u) => Some(u.id),
+            None => {
+                return Ok(Outcome::Pending {
+                    reason: reason::USER_NOT_FOUND,
+                    message: format!("Headscale has no user {name:?}; create it"),
+                    stalled: true,
+                });
+            }
+        },
+    };
+    let secret_name = pak.secret_name.clone().unwrap_or_else(|| na.name_any());
+    let uid = na.uid().ok_or(Error::MissingMetadata)?;
+    let secrets: Api<Secret> = Api::namespaced(kube.clone(), ns);
+    // Never write into somebody else's Secret: only a missing one or our own.
+    let existing = secrets
+        .get_metadata_opt(&secret_name)
+        .await
+        .map_err(|source| Error::GetSecret {
+            name: secret_name.clone(),
+            source,
+        })?;
+    if let Some(meta) = existing
+        && !meta
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|r| r.uid == uid)
+    {
+        return Ok(Outcome::Pending {
+            reason: reason::SECRET_CONFLICT,
+            message: format!(
+                "Secret {secret_name:?} exists and is not owned by this NodeApproval; the operator does not overwrite it. Delete it or set spec.preAuthKey.secretName"
+            ),
+            stalled: true,
+        });
+    }
+
+    let expiration = Timestamp::now()
+        .checked_add(SignedDuration::try_from(lifetime).unwrap_or(SignedDuration::MAX))
+        .unwrap_or(Timestamp::MAX);
+    let new = client
+        .create_pre_auth_key(&headscale::PreAuthKeySpec {
+            user,
+            tags: pak.tags.clone(),
+            reusable: pak.reusable,
+            ephemeral: pak.ephemeral,
+            expiration,
+        })
+        .await?;
+    let key_id = new.info.id;
+    let secret = desired_secret(na, &secret_name, &uid, &new.key);
+    if let Err(source) = secrets
+        .patch(
+            &secret_name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
+        .await
+    {
+        // Nobody will ever see this key: take it off the server at once.
+        if let Err(e) = client.expire_pre_auth_key(key_id).await {
+            tracing::warn!(approval = %object_key(na), key_id = %key_id, error = %e, "could not expire an undelivered pre-auth key");
+        }
+        return Err(Error::ApplySecret {
+            name: secret_name,
+            source,
+        });
+    }
+    tracing::info!(
+        approval = %object_key(na),
+        key_id = %key_id,
+        secret = %secret_name,
+        user = ?pak.user,
+        tags = ?pak.tags,
+        ephemeral = pak.ephemeral,
+        reusable = pak.reusable,
+        expiration = %new.info.expiration.unwrap_or(expiration),
+        "minted a pre-auth key"
+    );
+    Ok(Outcome::KeyIssued {
+        key: IssuedKey {
+            id: key_id.to_string(),
+            expiration: Some(Time(new.info.expiration.unwrap_or(expiration))),
+            secret_name,
+            used: false,
+        },
+        renewed,
+    })
+}
+
+/// The Secret a pre-auth key is delivered in, owned by its approval (garbage
+/// collected with it). Pure.
+pub fn desired_secret(
+    na: &NodeApproval,
+    name: &str,
+    uid: &str,
+    key: &crate::secret::SecretString,
+) -> serde_json::Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": name,
+            "namespace": na.namespace(),
+            "labels": {
+                "app.kubernetes.io/managed-by": "headscale-operator",
+                "app.kubernetes.io/component": "pre-auth-key",
+                "headscale.operator.dev/node-approval": na.name_any(),
+            },
+            "ownerReferences": [{
+                "apiVersion": NodeApproval::api_version(&()),
+                "kind": NodeApproval::kind(&()),
+                "name": na.name_any(),
+                "uid": uid,
+                "controller": true,
+            }],
+        },
+        "type": "Opaque",
+        "data": {
+            AUTH_KEY_SECRET_KEY: ByteString(key.expose().as_bytes().to_vec()),
+        },
+    })
+}
+
+/// The status a reconcile wants. Pure.
+pub fn desired_status(
+    generation: Option<i64>,
+    old: &NodeApprovalStatus,
+    outcome: &Outcome,
+    now: Timestamp,
+) -> NodeApprovalStatus {
+    let mut status = NodeApprovalStatus {
+        observed_generation: generation,
+        conditions: old.conditions.clone(),
+        phase: old.phase.clone(),
+        refused_by: None,
+        node: old.node.clone(),
+        pre_auth_key: old.pre_auth_key.clone(),
+    };
+    let (phase, ready, reason, message, stalled) = match outcome {
+        Outcome::Pending {
+            reason,
+            message,
+            stalled,
+        } => {
+            // Waiting keeps what was achieved (an issued key stays issued).
+            let phase = match old.phase.as_deref() {
+                Some(p @ (phase::KEY_ISSUED | phase::APPROVED)) => p,
+                _ => phase::PENDING,
+            };
+            (phase, false, *reason, message.clone(), *stalled)
+        }
+        Outcome::Refused(v) => {
+            status.refused_by = Some(v.rule.to_string());
+            (
+                phase::REFUSED,
+                false,
+                reason::ENROLLMENT_REFUSED,
+                format!(
+                    "refused by the server's enrollment rule {}: {}",
+                    v.rule, v.message
+                ),
+                true,
+            )
+        }
+        Outcome::Failed { reason, message } => (phase::FAILED, false, *reason, message.clone(), true),
+        Outcome::KeyIssued { key, .. } => {
+            let msg = format!(
+                "pre-auth key {} is in Secret {} (key {AUTH_KEY_SECRET_KEY}), valid until {}",
+                key.id,
+                key.secret_name,
+                key.expiration
+                    .as_ref()
+                    .map(|t| t.0.to_string())
+                    .unwrap_or_default()
+            );
+            status.pre_auth_key = Some(key.clone());
+            (phase::KEY_ISSUED, true, reason::KEY_ISSUED, msg, false)
+        }
+        Outcome::Approved {
+            reason,
+            node,
+            key,
+            warning,
+        } => {
+            status.node = node.clone();
+            if key.is_some() {
+                status.pre_auth_key = key.clone();
+            }
+            let what = match node {
+                Some(n) => format!("node {} ({})", n.id, n.name),
+                None => "a node that no longer exists".to_string(),
+            };
+            match warning {
+                Some((r, m)) => (phase::APPROVED, false, *r, m.clone(), true),
+                None => (
+                    phase::APPROVED,
+                    true,
+                    *reason,
+                    format!("{what} is registered through this approval"),
+                    false,
+                ),
+            }
+        }
+    };
+    status.phase = Some(phase.to_string());
+    conditions::set(
+        &mut status.conditions,
+        conditions::READY,
+        ready,
+        reason,
+        message.clone(),
+        generation,
+        now,
+    );
+    conditions::set(
+        &mut status.conditions,
+        STALLED,
+        stalled,
+        reason,
+        if stalled { message } else { String::new() },
+        generation,
+        now,
+    );
+    status
+}
+
+/// An Event when Ready changes status or reason. Pure.
+pub fn transition_event(old: Option<&Condition>, new: Option<&Condition>) -> Option<Event> {
+    let new = new?;
+    if let Some(old) = old
+        && old.status == new.status
+        && old.reason == new.reason
+    {
+        return None;
+    }
+    let ok = new.status == "True";
+    Some(Event {
+        type_: if ok { EventType::Normal } else { EventType::Warning },
+        reason: new.reason.clone(),
+        note: Some(truncate(&new.message, 1000)),
+        action: "Approve".into(),
+        secondary: None,
+    })
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut cut = max;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &s[..cut])
+}
+
+async fn publish(ctx: &crate::controller::Context, na: &NodeApproval, event: Event) {
+    if let Err(e) = ctx.recorder.publish(&event, &na.object_ref(&())).await {
+        tracing::warn!(approval = %object_key(na), error = %e, "failed to publish event");
+    }
+}
+
+pub fn error_policy(na: Arc<NodeApproval>, error: &Error, state: Arc<State>) -> Action {
+    let ctx = state.ctx.clone();
+    let key = object_key(&*na);
+    tracing::warn!(approval = %key, reason = error.reason(), error = %error, "reconcile failed");
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&crate::metrics::ErrorLabels {
+            controller: CONTROLLER.into(),
+            reason: error.reason().into(),
+        })
+        .inc();
+    let n = ctx.record_failure(&key);
+    let event = Event {
+        type_: EventType::Warning,
+        reason: error.reason().into(),
+        note: Some(truncate(&error.to_string(), 1000)),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    let ctx2 = ctx.clone();
+    tokio::spawn(async move { publish(&ctx2, &na, event).await });
+    Action::requeue(backoff::delay(
+        n,
+        Duration::from_secs(2),
+        ctx.settings.max_backoff,
+        backoff::jitter(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::SecretString;
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn key(used: bool, expiration: &str) -> PreAuthKey {
+        serde_json::from_value(json!({
+            "id": "7", "key": "hskey-auth-abcdefghijkl-***", "used": used,
+            "expiration": expiration, "aclTags": [],
+        }))
+        .unwrap()
+    }
+
+    fn issued() -> IssuedKey {
+        IssuedKey {
+            id: "7".into(),
+            expiration: Some(Time(t("2026-01-01T01:00:00Z"))),
+            secret_name: "laptop".into(),
+            used: false,
+        }
+    }
+
+    #[test]
+    fn key_states() {
+        let now = t("2026-01-01T00:30:00Z");
+        assert_eq!(key_state(None, now), KeyState::Missing);
+        assert_eq!(
+            key_state(Some(&key(false, "2026-01-01T01:00:00Z")), now),
+            KeyState::Unused
+        );
+        assert_eq!(
+            key_state(Some(&key(true, "2026-01-01T01:00:00Z")), now),
+            KeyState::Used
+        );
+        assert_eq!(
+            key_state(Some(&key(false, "2026-01-01T00:00:00Z")), now),
+            KeyState::Expired
+        );
+        // A used key is used, expired or not: its node is what matters.
+        assert_eq!(
+            key_state(Some(&key(true, "2026-01-01T00:00:00Z")), now),
+            KeyState::Used
+        );
+    }
+
+    #[test]
+    fn statuses_per_outcome() {
+        let now = t("2026-01-01T00:00:00Z");
+        let empty = NodeApprovalStatus::default();
+        #[rustfmt::skip]
+        let table: Vec<(Outcome, &str, &str, &str, &str)> = vec![
+            (Outcome::Pending { reason: reason::SERVER_NOT_READY, message: "m".into(), stalled: false }, "Pending", "False", "ServerNotReady", "False"),
+            (Outcome::Pending { reason: reason::USER_NOT_FOUND, message: "m".into(), stalled: true }, "Pending", "False", "UserNotFound", "True"),
+            (Outcome::Refused(Violation { rule: "allowedUsers", message: "m".into() }), "Refused", "False", "EnrollmentRefused", "True"),
+            (Outcome::Failed { reason: reason::AUTH_ID_NOT_FOUND, message: "m".into() }, "Failed", "False", "AuthIdNotFound", "True"),
+            (Outcome::KeyIssued { key: issued(), renewed: false }, "KeyIssued", "True", "KeyIssued", "False"),
+            (Outcome::Approved { reason: reason::REGISTERED, node: None, key: None, warning: None }, "Approved", "True", "Registered", "False"),
+            (Outcome::Approved { reason: reason::REGISTERED, node: None, key: None, warning: Some((reason::TAGS_REJECTED, "m".into())) }, "Approved", "False", "TagsRejected", "True"),
+        ];
+        for (outcome, phase, ready, why, stalled) in table {
+            let s = desired_status(Some(2), &empty, &outcome, now);
+            assert_eq!(s.phase.as_deref(), Some(phase), "{outcome:?}");
+            let r = conditions::find(&s.conditions, "Ready").unwrap();
+            assert_eq!(
+                (r.status.as_str(), r.reason.as_str()),
+                (ready, why),
+                "{outcome:?}"
+            );
+            assert_eq!(
+                conditions::find(&s.conditions, "Stalled").unwrap().status,
+                stalled,
+                "{outcome:?}"
+            );
+            assert_eq!(s.observed_generation, Some(2));
+        }
+        let refused = desired_status(
+            Some(1),
+            &empty,
+            &Outcome::Refused(Violation {
+                rule: "maxNodesPerUser",
+                message: "m".into(),
+            }),
+            now,
+        );
+        assert_eq!(refused.refused_by.as_deref(), Some("maxNodesPerUser"));
+        assert!(
+            conditions::find(&refused.conditions, "Ready")
+                .unwrap()
+                .message
+                .contains("maxNodesPerUser")
+        );
+    }
+
+    #[test]
+    fn waiting_keeps_an_issued_key_and_unchanged_is_unchanged() {
+        let now = t("2026-01-01T00:00:00Z");
+        let s1 = desired_status(
+            Some(1),
+            &NodeApprovalStatus::default(),
+            &Outcome::KeyIssued {
+                key: issued(),
+                renewed: false,
+            },
+            now,
+        );
+        let s2 = desired_status(
+            Some(1),
+            &s1,
+            &Outcome::KeyIssued {
+                key: issued(),
+                renewed: false,
+            },
+            t("2026-01-02T00:00:00Z"),
+        );
+        assert_eq!(s1, s2, "an unchanged approval needs no write");
+        assert!(
+            transition_event(
+                conditions::find(&s1.conditions, "Ready"),
+                conditions::find(&s2.conditions, "Ready")
+            )
+            .is_none()
+        );
+        let down = Outcome::Pending {
+            reason: reason::SERVER_NOT_READY,
+            message: "m".into(),
+            stalled: false,
+        };
+        let s3 = desired_status(Some(1), &s2, &down, now);
+        assert_eq!(s3.phase.as_deref(), Some("KeyIssued"));
+        assert_eq!(s3.pre_auth_key, Some(issued()));
+        let ev = transition_event(
+            conditions::find(&s2.conditions, "Ready"),
+            conditions::find(&s3.conditions, "Ready"),
+        )
+        .unwrap();
+        assert_eq!(ev.type_, EventType::Warning);
+    }
+
+    #[test]
+    fn terminal_phases_settle_for_their_generation_only() {
+        let mut s = NodeApprovalStatus {
+            observed_generation: Some(3),
+            phase: Some("Failed".into()),
+            ..Default::default()
+        };
+        assert!(settled(&s, Some(3)));
+        assert!(!settled(&s, Some(4)), "a spec change is looked at again");
+        s.phase = Some("Refused".into());
+        assert!(
+            !settled(&s, Some(3)),
+            "a refusal is re-checked when the rules change"
+        );
+        s.phase = Some("KeyIssued".into());
+        assert!(!settled(&s, Some(3)));
+    }
+
+    #[test]
+    fn the_secret_is_owned_and_the_status_never_holds_the_key() {
+        let spec: crate::api::NodeApprovalSpec = serde_json::from_value(json!({
+            "serverRef": {"name": "corp"}, "preAuthKey": {"user": "alice"}
+        }))
+        .unwrap();
+        let mut na = NodeApproval::new("laptop", spec);
+        na.metadata.namespace = Some("ns".into());
+        let secret = desired_secret(
+            &na,
+            "laptop",
+            "uid-1",
+            &SecretString::new("hskey-auth-abc-SECRET"),
+        );
+        assert_eq!(secret["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+        assert_eq!(secret["metadata"]["ownerReferences"][0]["kind"], "NodeApproval");
+        assert!(
+            !secret.to_string().contains("SECRET"),
+            "the key is base64 in data"
+        );
+        let status = desired_status(
+            None,
+            &NodeApprovalStatus::default(),
+            &Outcome::KeyIssued {
+                key: issued(),
+                renewed: false,
+            },
+            t("2026-01-01T00:00:00Z"),
+        );
+        assert!(!serde_json::to_string(&status).unwrap().contains("hskey-auth"));
+    }
+}

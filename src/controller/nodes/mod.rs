@@ -1,0 +1,174 @@
+//! The nodes controller: NodeApprovals (interactive registrations and pre-auth keys,
+//! checked against the server's enrollment rules first).
+//!
+//! - `rules.rs`: the enrollment rules (pure).
+//! - `approval.rs`: the NodeApproval reconcile and its pure status math.
+
+pub mod approval;
+pub mod rules;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use kube::api::Api;
+use kube::runtime::controller::Controller;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use sha2::{Digest, Sha256};
+
+use super::Context;
+use super::connect;
+use super::server::Outcome as ServerOutcome;
+use crate::api::conditions;
+use crate::api::server::ExternalSpec;
+use crate::api::{HeadscaleServer, NodeApproval};
+use crate::headscale;
+
+pub const CONTROLLER: &str = "nodes";
+pub const FIELD_MANAGER: &str = "headscale-operator/nodes";
+
+/// The nodes controller's shared state: the context and one Headscale client per
+/// server (so the version is asked once, and connections are reused).
+pub struct State {
+    pub ctx: Arc<Context>,
+    clients: Mutex<HashMap<String, ([u8; 32], headscale::Client)>>,
+    memory: Mutex<HashMap<String, Remembered>>,
+}
+
+impl State {
+    /// A client for the server, or why there is none (not Ready, managed, no key).
+    pub async fn client_for(
+        &self,
+        ns: &str,
+        hs: &HeadscaleServer,
+    ) -> Result<Result<headscale::Client, String>, connect::ReadSecretError> {
+        let external = match reachable(hs) {
+            Ok(e) => e,
+            Err(why) => return Ok(Err(why)),
+        };
+        let api_key = match connect::api_key(&self.ctx.client, ns, external).await? {
+            Ok(k) => k,
+            Err(outcome) => return Ok(Err(outcome_message(&outcome))),
+        };
+        let fingerprint: [u8; 32] =
+            Sha256::digest(format!("{}\n{}", external.url, api_key.expose()).as_bytes()).into();
+        let key = format!("{ns}/{}", hs.name_any());
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((f, c)) = clients.get(&key)
+            && *f == fingerprint
+        {
+            return Ok(Ok(c.clone()));
+        }
+        match connect::client(external, api_key, connect::client_config(&self.ctx.metrics)) {
+            Ok(c) => {
+                clients.insert(key, (fingerprint, c.clone()));
+                Ok(Ok(c))
+            }
+            Err(outcome) => Ok(Err(outcome_message(&outcome))),
+        }
+    }
+}
+
+fn outcome_message(outcome: &ServerOutcome) -> String {
+    match outcome {
+        ServerOutcome::Ready { .. } => "ready".into(),
+        ServerOutcome::NotReady { reason, message, .. } => format!("{reason}: {message}"),
+    }
+}
+
+/// The server's external spec when the operator can act on it now, else why not.
+pub fn reachable(hs: &HeadscaleServer) -> Result<&ExternalSpec, String> {
+    let Some(external) = &hs.spec.external else {
+        return Err("the server is managed, and managed mode is not implemented yet".into());
+    };
+    let ready = hs
+        .status
+        .as_ref()
+        .and_then(|s| conditions::find(&s.conditions, conditions::READY));
+    match ready {
+        Some(c) if c.status == "True" => Ok(external),
+        Some(c) => Err(format!(
+            "HeadscaleServer {} is not Ready ({}: {})",
+            hs.name_any(),
+            c.reason,
+            c.message
+        )),
+        None => Err(format!(
+            "HeadscaleServer {} has not been checked yet",
+            hs.name_any()
+        )),
+    }
+}
+
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let (approvals, servers): (Api<NodeApproval>, Api<HeadscaleServer>) = match &ctx.settings.watch_namespace
+    {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client, ns)),
+        None => (Api::all(client.clone()), Api::all(client)),
+    };
+    let state = Arc::new(State {
+        ctx: ctx.clone(),
+        clients: Mutex::new(HashMap::new()),
+        memory: Mutex::new(HashMap::new()),
+    });
+    let controller = Controller::new(approvals, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    // A server's change (it became Ready, its enrollment rules changed) wakes the
+    // approvals that name it.
+    controller
+        .watches(servers, watcher::Config::default().any_semantic(), move |hs| {
+            let ns = hs.namespace();
+            let name = hs.name_any();
+            store
+                .state()
+                .into_iter()
+                .filter(|a| a.namespace() == ns && a.spec.server_ref.name == name)
+                .map(|a| ObjectRef::from_obj(&*a))
+                .collect::<Vec<_>>()
+        })
+        .shutdown_on_signal()
+        .run(approval::reconcile, approval::error_policy, state)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "nodes reconcile loop event");
+            }
+        })
+        .await;
+}
+
+pub(crate) fn object_key(obj: &impl Resource) -> String {
+    format!(
+        "{}/{}",
+        obj.meta().namespace.clone().unwrap_or_default(),
+        obj.meta().name.clone().unwrap_or_default()
+    )
+}
+
+/// What the controller remembers of an approval between reconciles, in case a status
+/// write is lost after a registration or a mint.
+#[derive(Clone, Debug, Default)]
+pub struct Remembered {
+    pub node: Option<crate::api::approval::ApprovedNode>,
+    pub pre_auth_key: Option<crate::api::approval::IssuedKey>,
+}
+
+impl State {
+    pub fn remembered(&self, uid: &str) -> Option<Remembered> {
+        let map = self.memory.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(uid).cloned()
+    }
+
+    pub fn remember(&self, uid: &str, status: &crate::api::NodeApprovalStatus) {
+        let mut map = self.memory.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(
+            uid.to_string(),
+            Remembered {
+                node: status.node.clone(),
+                pre_auth_key: status.pre_auth_key.clone(),
+            },
+        );
+    }
+}

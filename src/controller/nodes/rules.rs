@@ -1,0 +1,293 @@
+//! Enrollment rules: whether a NodeApproval may be executed, checked before anything
+//! is done on the server. Pure: no Kubernetes, no Headscale.
+
+use std::time::Duration;
+
+use crate::api::server::EnrollmentSpec;
+
+/// What an approval asks for, in the terms the rules speak.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Request<'a> {
+    pub user: Option<&'a str>,
+    pub tags: &'a [String],
+    pub hostname: Option<&'a str>,
+    /// Pre-auth keys only.
+    pub key: Option<KeyRequest>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyRequest {
+    pub lifetime: Duration,
+    pub reusable: bool,
+}
+
+/// A broken rule: `rule` is the field of `spec.enrollment` that refused it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub rule: &'static str,
+    pub message: String,
+}
+
+fn violation(rule: &'static str, message: String) -> Result<(), Violation> {
+    Err(Violation { rule, message })
+}
+
+/// Checks `req` against `rules`. `user_nodes` is how many nodes the requested user
+/// owns on the server now (ignored unless a quota is set and a user is requested).
+pub fn check(rules: &EnrollmentSpec, req: &Request<'_>, user_nodes: usize) -> Result<(), Violation> {
+    if let Some(user) = req.user
+        && !rules.allowed_users.is_empty()
+        && !rules.allowed_users.iter().any(|u| u == user)
+    {
+        return violation(
+            "allowedUsers",
+            format!(
+                "user {user:?} is not in the server's spec.enrollment.allowedUsers {:?}",
+                rules.allowed_users
+            ),
+        );
+    }
+    if !rules.allowed_tags.is_empty()
+        && let Some(tag) = req.tags.iter().find(|t| !rules.allowed_tags.contains(t))
+    {
+        return violation(
+            "allowedTags",
+            format!(
+                "tag {tag:?} is not in the server's spec.enrollment.allowedTags {:?}",
+                rules.allowed_tags
+            ),
+        );
+    }
+    if !rules.hostname_patterns.is_empty() {
+        match req.hostname {
+            None => {
+                return violation(
+                    "hostnamePatterns",
+                    "the server restricts hostnames (spec.enrollment.hostnamePatterns) and the approval names none; set spec.hostname".into(),
+                );
+            }
+            Some(h) if !rules.hostname_patterns.iter().any(|p| glob_match(p, h)) => {
+                return violation(
+                    "hostnamePatterns",
+                    format!(
+                        "hostname {h:?} matches none of the server's spec.enrollment.hostnamePatterns {:?}",
+                        rules.hostname_patterns
+                    ),
+                );
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(user) = req.user
+        && rules.max_nodes_per_user > 0
+        && user_nodes >= rules.max_nodes_per_user as usize
+    {
+        return violation(
+            "maxNodesPerUser",
+            format!(
+                "user {user:?} owns {user_nodes} node(s); the server's spec.enrollment.maxNodesPerUser is {}",
+                rules.max_nodes_per_user
+            ),
+        );
+    }
+    if let Some(key) = &req.key {
+        if key.reusable && !rules.allow_reusable_keys {
+            return violation(
+                "allowReusableKeys",
+                "reusable pre-auth keys are not allowed on this server (spec.enrollment.allowReusableKeys is false)".into(),
+            );
+        }
+        match parse_duration(&rules.max_pre_auth_key_lifetime) {
+            Some(max) if key.lifetime > max => {
+                return violation(
+                    "maxPreAuthKeyLifetime",
+                    format!(
+                        "the key lifetime {} is longer than the server's spec.enrollment.maxPreAuthKeyLifetime {}",
+                        format_duration(key.lifetime),
+                        rules.max_pre_auth_key_lifetime
+                    ),
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Whether the quota needs the user's node count (so the count is fetched only then).
+pub fn needs_node_count(rules: &EnrollmentSpec, req: &Request<'_>) -> bool {
+    req.user.is_some() && rules.max_nodes_per_user > 0
+}
+
+/// `*` matches any run of characters, `?` one; case-insensitive (hostnames are).
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.to_lowercase().chars().collect();
+    let t: Vec<char> = text.to_lowercase().chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+/// A Go-style duration with Headscale's `d` and `w`: `90d`, `1h30m`, `500ms`, `0`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    if s == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (Duration::from_millis(1), 2)
+        } else {
+            let secs = match rest.chars().next()? {
+                's' => 1,
+                'm' => 60,
+                'h' => 3600,
+                'd' => 86_400,
+                'w' => 604_800,
+                _ => return None,
+            };
+            (Duration::from_secs(secs), 1)
+        };
+        total = total.checked_add(unit.checked_mul(u32::try_from(n).ok()?)?)?;
+        rest = &rest[len..];
+    }
+    Some(total)
+}
+
+/// `90m` -> `1h30m0s`-style text for messages.
+pub fn format_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    let (h, m, sec) = (s / 3600, (s % 3600) / 60, s % 60);
+    if h > 0 {
+        format!("{h}h{m}m{sec}s")
+    } else if m > 0 {
+        format!("{m}m{sec}s")
+    } else {
+        format!("{sec}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(f: impl FnOnce(&mut EnrollmentSpec)) -> EnrollmentSpec {
+        let mut r = EnrollmentSpec::default();
+        f(&mut r);
+        r
+    }
+
+    fn key(lifetime: &str, reusable: bool) -> Option<KeyRequest> {
+        Some(KeyRequest {
+            lifetime: parse_duration(lifetime).unwrap(),
+            reusable,
+        })
+    }
+
+    #[test]
+    fn each_rule_refuses_with_its_name() {
+        let tags = vec!["tag:web".to_string()];
+        let other = vec!["tag:db".to_string()];
+        let none: Vec<String> = vec![];
+        #[rustfmt::skip]
+        let table: Vec<(&str, EnrollmentSpec, Request<'_>, usize, Option<&str>)> = vec![
+            ("defaults allow a user", EnrollmentSpec::default(), Request { user: Some("alice"), ..Default::default() }, 100, None),
+            ("user allowed", rules(|r| r.allowed_users = vec!["alice".into()]), Request { user: Some("alice"), ..Default::default() }, 0, None),
+            ("user not allowed", rules(|r| r.allowed_users = vec!["alice".into()]), Request { user: Some("bob"), ..Default::default() }, 0, Some("allowedUsers")),
+            ("tag-only request ignores allowedUsers", rules(|r| r.allowed_users = vec!["alice".into()]), Request { tags: &tags, ..Default::default() }, 0, None),
+            ("tag allowed", rules(|r| r.allowed_tags = vec!["tag:web".into()]), Request { tags: &tags, ..Default::default() }, 0, None),
+            ("tag not allowed", rules(|r| r.allowed_tags = vec!["tag:web".into()]), Request { tags: &other, ..Default::default() }, 0, Some("allowedTags")),
+            ("no tags with allowedTags", rules(|r| r.allowed_tags = vec!["tag:web".into()]), Request { user: Some("a"), tags: &none, ..Default::default() }, 0, None),
+            ("hostname matches", rules(|r| r.hostname_patterns = vec!["web-*".into()]), Request { user: Some("a"), hostname: Some("Web-01"), ..Default::default() }, 0, None),
+            ("hostname does not match", rules(|r| r.hostname_patterns = vec!["web-*".into()]), Request { user: Some("a"), hostname: Some("db-01"), ..Default::default() }, 0, Some("hostnamePatterns")),
+            ("hostname missing", rules(|r| r.hostname_patterns = vec!["web-*".into()]), Request { user: Some("a"), ..Default::default() }, 0, Some("hostnamePatterns")),
+            ("under quota", rules(|r| r.max_nodes_per_user = 2), Request { user: Some("a"), ..Default::default() }, 1, None),
+            ("at quota", rules(|r| r.max_nodes_per_user = 2), Request { user: Some("a"), ..Default::default() }, 2, Some("maxNodesPerUser")),
+            ("quota 0 is unlimited", rules(|r| r.max_nodes_per_user = 0), Request { user: Some("a"), ..Default::default() }, 999, None),
+            ("key within lifetime", EnrollmentSpec::default(), Request { user: Some("a"), key: key("24h", false), ..Default::default() }, 0, None),
+            ("key too long", EnrollmentSpec::default(), Request { user: Some("a"), key: key("2d", false), ..Default::default() }, 0, Some("maxPreAuthKeyLifetime")),
+            ("reusable refused by default", EnrollmentSpec::default(), Request { user: Some("a"), key: key("1h", true), ..Default::default() }, 0, Some("allowReusableKeys")),
+            ("reusable allowed", rules(|r| r.allow_reusable_keys = true), Request { user: Some("a"), key: key("1h", true), ..Default::default() }, 0, None),
+        ];
+        for (name, rules, req, count, want) in table {
+            let got = check(&rules, &req, count).err().map(|v| v.rule);
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn messages_name_the_rule_field() {
+        let r = rules(|r| r.allowed_users = vec!["alice".into()]);
+        let v = check(
+            &r,
+            &Request {
+                user: Some("bob"),
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap_err();
+        assert!(
+            v.message.contains("spec.enrollment.allowedUsers"),
+            "{}",
+            v.message
+        );
+    }
+
+    #[test]
+    fn globs() {
+        for (p, t, want) in [
+            ("*", "anything", true),
+            ("web-*", "web-1", true),
+            ("web-*", "db-1", false),
+            ("*.corp", "a.b.corp", true),
+            ("n?de", "node", true),
+            ("n?de", "nooode", false),
+            ("exact", "exact", true),
+            ("exact", "exactly", false),
+            ("a*b*c", "aXXbYYc", true),
+            ("a*b*c", "aXXbYY", false),
+        ] {
+            assert_eq!(glob_match(p, t), want, "{p} {t}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("90d"), Some(Duration::from_secs(90 * 86_400)));
+        assert_eq!(parse_duration("2w"), Some(Duration::from_secs(14 * 86_400)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_duration(""), None);
+        assert_eq!(parse_duration("h"), None);
+        assert_eq!(parse_duration("5x"), None);
+        assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m0s");
+    }
+}

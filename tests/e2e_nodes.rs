@@ -1,0 +1,442 @@
+//! Integration tests of the nodes controller (NodeApproval): the real operator under
+//! the chart's RBAC, a real kube-apiserver, real Headscale servers of every supported
+//! version, and fake nodes (Headscale's debug registration, reference §7.4) standing in
+//! for `tailscale up`. Run through `make test`.
+
+mod support;
+
+use std::time::Duration;
+
+use headscale_operator::api::{HeadscaleServer, NodeApproval};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A namespace with a Ready external server (enrollment rules `enrollment`) for a fresh
+/// Headscale of `version` that has a user `alice`.
+struct Setup {
+    client: Client,
+    ns: String,
+    hs: Headscale,
+}
+
+impl Setup {
+    async fn new(prefix: &str, version: &str, enrollment: Value) -> Setup {
+        let client = admin_client().await;
+        let ns = namespace(&client, prefix).await;
+        let hs = start_headscale(version);
+        hs.create_user_with_cli("alice");
+        create_key_secret(&client, &ns, "key", &hs.api_key).await;
+        let server: HeadscaleServer = serde_json::from_value(json!({
+            "apiVersion": "headscale.operator.dev/v1alpha1",
+            "kind": "HeadscaleServer",
+            "metadata": {"name": "corp"},
+            "spec": {
+                "external": {"url": hs.url, "apiKeySecretRef": {"name": "key"}},
+                "enrollment": enrollment,
+            },
+        }))
+        .unwrap();
+        Api::<HeadscaleServer>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &server)
+            .await
+            .unwrap();
+        let setup = Setup { client, ns, hs };
+        let api = Api::<HeadscaleServer>::namespaced(setup.client.clone(), &setup.ns);
+        wait_for("server Ready", WAIT, || {
+            let api = api.clone();
+            async move {
+                let hs = api.get("corp").await.map_err(|e| e.to_string())?;
+                let ready = hs
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+                    .is_some_and(|c| c.status == "True");
+                if ready {
+                    Ok(())
+                } else {
+                    Err(format!("{:?}", hs.status))
+                }
+            }
+        })
+        .await;
+        setup
+    }
+
+    fn approvals(&self) -> Api<NodeApproval> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    async fn approve(&self, name: &str, spec: Value) {
+        let mut spec = spec;
+        spec["serverRef"] = json!({"name": "corp"});
+        let obj: NodeApproval = serde_json::from_value(json!({
+            "apiVersion": "headscale.operator.dev/v1alpha1",
+            "kind": "NodeApproval",
+            "metadata": {"name": name},
+            "spec": spec,
+        }))
+        .unwrap();
+        self.approvals()
+            .create(&PostParams::default(), &obj)
+            .await
+            .unwrap_or_else(|e| panic!("creating NodeApproval {name}: {e}"));
+    }
+
+    /// The approval once its phase and Ready reason are `phase` and `reason`.
+    async fn wait_phase(&self, name: &str, phase: &str, reason: &str) -> NodeApproval {
+        let api = self.approvals();
+        wait_for(
+            &format!(
+                "{}/{name} phase {phase} reason {reason} on {}",
+                self.ns, self.hs.version
+            ),
+            WAIT,
+            || {
+                let api = api.clone();
+                async move {
+                    let na = api.get(name).await.map_err(|e| e.to_string())?;
+                    let status = na.status.clone().unwrap_or_default();
+                    let r = status
+                        .conditions
+                        .iter()
+                        .find(|c| c.type_ == "Ready")
+                        .map(|c| c.reason.clone());
+                    if status.phase.as_deref() == Some(phase) && r.as_deref() == Some(reason) {
+                        Ok(na)
+                    } else {
+                        Err(format!("{status:?}"))
+                    }
+                }
+            },
+        )
+        .await
+    }
+
+    async fn wait_event(&self, object: &str, type_: &str, reason: &str) -> String {
+        wait_for(&format!("{type_} Event {reason} on {object}"), WAIT, || async {
+            let evs = events(&self.client, &self.ns).await;
+            match evs.iter().find(|e| {
+                e.involved_object.name.as_deref() == Some(object)
+                    && e.type_.as_deref() == Some(type_)
+                    && e.reason.as_deref() == Some(reason)
+            }) {
+                Some(e) => Ok(e.message.clone().unwrap_or_default()),
+                None => Err(format!(
+                    "{:?}",
+                    evs.iter()
+                        .map(|e| (e.reason.clone(), e.message.clone()))
+                        .collect::<Vec<_>>()
+                )),
+            }
+        })
+        .await
+    }
+
+    fn minor(&self) -> u64 {
+        headscale_operator::headscale::Version::parse(&self.hs.version)
+            .unwrap()
+            .minor
+    }
+
+    async fn secret_key(&self, name: &str) -> (String, Secret) {
+        let secret = Api::<Secret>::namespaced(self.client.clone(), &self.ns)
+            .get(name)
+            .await
+            .unwrap();
+        let key = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get("authkey"))
+            .map(|b| String::from_utf8(b.0.clone()).unwrap())
+            .expect("the Secret has an authkey");
+        (key, secret)
+    }
+}
+
+fn start_headscale(version: &str) -> Headscale {
+    for attempt in 1..=3 {
+        match std::panic::catch_unwind(|| Headscale::start(version)) {
+            Ok(hs) => return hs,
+            Err(e) if attempt == 3 => std::panic::resume_unwind(e),
+            Err(_) => eprintln!("starting Headscale {version} failed (attempt {attempt}); retrying"),
+        }
+    }
+    unreachable!()
+}
+
+async fn on_every_version<F, Fut>(prefix: &str, enrollment: Value, test: F)
+where
+    F: Fn(Setup) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let runs = headscale_versions().into_iter().map(|v| {
+        let test = &test;
+        let enrollment = enrollment.clone();
+        async move { test(Setup::new(prefix, &v, enrollment).await).await }
+    });
+    futures::future::join_all(runs).await;
+}
+
+fn status(na: &NodeApproval) -> headscale_operator::api::NodeApprovalStatus {
+    na.status.clone().unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn an_interactive_registration_is_approved_and_recorded() {
+    on_every_version("na-reg", json!({}), |s| async move {
+        let auth_id = s.hs.plant_pending_node("alice", "laptop", &[]);
+        s.approve(
+            "laptop",
+            json!({"registration": {"authId": auth_id, "user": "alice"}, "hostname": "laptop"}),
+        )
+        .await;
+        let na = s.wait_phase("laptop", "Approved", "Registered").await;
+        let node = status(&na).node.expect("status.node");
+        let nodes = s.hs.client().list_nodes(None).await.unwrap();
+        let listed = nodes
+            .iter()
+            .find(|n| n.id.to_string() == node.id)
+            .unwrap_or_else(|| panic!("node {} not listed by Headscale: {nodes:?}", node.id));
+        assert_eq!(listed.name, "laptop");
+        assert_eq!(node.name, "laptop");
+        assert_eq!(node.user.as_deref(), Some("alice"));
+        assert_eq!(nodes.len(), 1, "exactly one node registered");
+        s.wait_event("laptop", "Normal", "Registered").await;
+
+        // The record stays: no further calls, no status writes.
+        let rv = na.resource_version();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(s.approvals().get("laptop").await.unwrap().resource_version(), rv);
+        assert_eq!(s.hs.client().list_nodes(None).await.unwrap().len(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unknown_and_restart_lost_auth_ids_fail_once() {
+    on_every_version("na-lost", json!({}), |s| async move {
+        // Never planted: unknown (the same answer as an id older than 15 minutes).
+        let unknown = s.hs.new_auth_id();
+        s.approve(
+            "ghost",
+            json!({"registration": {"authId": unknown, "user": "alice"}}),
+        )
+        .await;
+        let na = s.wait_phase("ghost", "Failed", "AuthIdNotFound").await;
+        let stalled = status(&na)
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Stalled")
+            .unwrap();
+        assert_eq!(stalled.status, "True");
+        s.wait_event("ghost", "Warning", "AuthIdNotFound").await;
+        // Terminal: not retried (the status is not rewritten, no new Events).
+        let rv = na.resource_version();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(s.approvals().get("ghost").await.unwrap().resource_version(), rv);
+
+        // Planted, then Headscale restarts before anyone approves: the pending
+        // registration is gone (it lives in memory only).
+        let auth_id = s.hs.plant_pending_node("alice", "lost", &[]);
+        s.hs.stop();
+        s.hs.restart();
+        s.approve(
+            "lost",
+            json!({"registration": {"authId": auth_id, "user": "alice"}}),
+        )
+        .await;
+        s.wait_phase("lost", "Failed", "AuthIdNotFound").await;
+        assert!(s.hs.client().list_nodes(None).await.unwrap().is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_rule_violation_is_refused_and_nothing_happens_on_the_server() {
+    let rules =
+        json!({"allowedUsers": ["alice"], "hostnamePatterns": ["web-*"], "maxPreAuthKeyLifetime": "2h"});
+    on_every_version("na-rules", rules, |s| async move {
+        s.hs.create_user_with_cli("bob");
+        let auth_id = s.hs.plant_pending_node("bob", "web-1", &[]);
+        s.approve(
+            "bob",
+            json!({"registration": {"authId": auth_id, "user": "bob"}, "hostname": "web-1"}),
+        )
+        .await;
+        let na = s.wait_phase("bob", "Refused", "EnrollmentRefused").await;
+        assert_eq!(status(&na).refused_by.as_deref(), Some("allowedUsers"));
+        let msg = s.wait_event("bob", "Warning", "EnrollmentRefused").await;
+        assert!(msg.contains("allowedUsers"), "{msg}");
+
+        let auth2 = s.hs.plant_pending_node("alice", "db-1", &[]);
+        s.approve(
+            "db",
+            json!({"registration": {"authId": auth2, "user": "alice"}, "hostname": "db-1"}),
+        )
+        .await;
+        let na = s.wait_phase("db", "Refused", "EnrollmentRefused").await;
+        assert_eq!(status(&na).refused_by.as_deref(), Some("hostnamePatterns"));
+
+        s.approve(
+            "reusable",
+            json!({"preAuthKey": {"user": "alice", "reusable": true}, "hostname": "web-2"}),
+        )
+        .await;
+        let na = s.wait_phase("reusable", "Refused", "EnrollmentRefused").await;
+        assert_eq!(status(&na).refused_by.as_deref(), Some("allowReusableKeys"));
+        s.approve(
+            "long",
+            json!({"preAuthKey": {"user": "alice", "expiration": "3h"}, "hostname": "web-3"}),
+        )
+        .await;
+        let na = s.wait_phase("long", "Refused", "EnrollmentRefused").await;
+        assert_eq!(status(&na).refused_by.as_deref(), Some("maxPreAuthKeyLifetime"));
+
+        // Nothing was done: no node, no key, and the refused registrations are still
+        // pending (a person with the CLI can still register them).
+        let client = s.hs.client();
+        assert!(client.list_nodes(None).await.unwrap().is_empty());
+        assert!(client.list_pre_auth_keys().await.unwrap().is_empty());
+        s.hs.register_with_cli("bob", &auth_id);
+        assert_eq!(client.list_nodes(None).await.unwrap().len(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_pre_approved_node_gets_a_single_use_key_in_an_owned_secret() {
+    on_every_version("na-key", json!({}), |s| async move {
+        s.approve(
+            "builder",
+            json!({"preAuthKey": {"user": "alice", "expiration": "30m", "secretName": "builder-key"}}),
+        )
+        .await;
+        let na = s.wait_phase("builder", "KeyIssued", "KeyIssued").await;
+        let issued = status(&na).pre_auth_key.expect("status.preAuthKey");
+        assert_eq!(issued.secret_name, "builder-key");
+        let (key, secret) = s.secret_key("builder-key").await;
+        assert!(key.starts_with("hskey-auth-") || s.minor() < 28, "a pre-auth key");
+        let owner = secret.owner_references().first().cloned().expect("owned");
+        assert_eq!(owner.uid, na.uid().unwrap());
+        assert_eq!(owner.kind, "NodeApproval");
+
+        let keys = s.hs.client().list_pre_auth_keys().await.unwrap();
+        let listed = keys
+            .iter()
+            .find(|k| k.id.to_string() == issued.id)
+            .unwrap_or_else(|| panic!("key {} not on the server: {keys:?}", issued.id));
+        assert!(!listed.reusable && !listed.used && !listed.ephemeral);
+        let expires = listed.expiration.unwrap();
+        let lifetime = expires.duration_since(jiff::Timestamp::now()).as_secs();
+        assert!((25 * 60..=30 * 60).contains(&lifetime), "lifetime {lifetime}s");
+        assert_eq!(
+            issued.expiration.as_ref().map(|t| t.0.as_second()),
+            Some(expires.as_second())
+        );
+        if let Some(masked) = &listed.masked_key {
+            let prefix = masked.trim_end_matches("***");
+            assert!(key.starts_with(prefix), "the Secret holds the listed key");
+        }
+        s.wait_event("builder", "Normal", "KeyIssued").await;
+
+        // A tag-only, ephemeral key (0.28+).
+        if s.minor() >= 28 {
+            s.approve(
+                "ci",
+                json!({"preAuthKey": {"tags": ["tag:ci"], "ephemeral": true, "expiration": "10m"}}),
+            )
+            .await;
+            let na = s.wait_phase("ci", "KeyIssued", "KeyIssued").await;
+            let id = status(&na).pre_auth_key.unwrap().id;
+            let keys = s.hs.client().list_pre_auth_keys().await.unwrap();
+            let k = keys.iter().find(|k| k.id.to_string() == id).unwrap();
+            assert!(k.ephemeral && k.user.is_none());
+            assert_eq!(k.acl_tags, ["tag:ci"]);
+            let (ci_key, _) = s.secret_key("ci").await;
+            assert!(!ci_key.is_empty());
+            let objects = vec![serde_json::to_value(&na).unwrap()];
+            assert_no_leak(&s.client, &s.ns, &objects, &[&ci_key]).await;
+        }
+
+        // The key never appears in the log, an Event or the approval.
+        let na = s.approvals().get("builder").await.unwrap();
+        let objects = vec![serde_json::to_value(&na).unwrap()];
+        assert_no_leak(&s.client, &s.ns, &objects, &[&key]).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_expired_unused_key_is_expired_and_renewed_only_when_asked() {
+    on_every_version("na-exp", json!({}), |s| async move {
+        s.approve(
+            "once",
+            json!({"preAuthKey": {"user": "alice", "expiration": "3s"}}),
+        )
+        .await;
+        s.approve(
+            "again",
+            json!({"preAuthKey": {"user": "alice", "expiration": "4s", "renew": true}}),
+        )
+        .await;
+        let once = s.wait_phase("once", "KeyIssued", "KeyIssued").await;
+        let first = s.wait_phase("again", "KeyIssued", "KeyIssued").await;
+        let first_id = status(&first).pre_auth_key.unwrap().id;
+        let (first_key, _) = s.secret_key("again").await;
+
+        let na = s.wait_phase("once", "Failed", "KeyExpired").await;
+        assert_eq!(
+            status(&na).pre_auth_key.map(|k| k.id),
+            status(&once).pre_auth_key.map(|k| k.id)
+        );
+        s.wait_event("once", "Warning", "KeyExpired").await;
+
+        s.wait_event("again", "Normal", "KeyRenewed").await;
+        let renewed = s.approvals().get("again").await.unwrap();
+        let second_id = status(&renewed).pre_auth_key.unwrap().id;
+        assert_ne!(first_id, second_id, "a new key was minted");
+        let (second_key, _) = s.secret_key("again").await;
+        assert_ne!(first_key, second_key, "the Secret holds the new key");
+
+        let now = jiff::Timestamp::now();
+        let keys = s.hs.client().list_pre_auth_keys().await.unwrap();
+        let old = keys.iter().find(|k| k.id.to_string() == first_id).unwrap();
+        assert!(old.is_expired(now), "the old key is expired on the server");
+
+        let objects = vec![serde_json::to_value(&renewed).unwrap()];
+        assert_no_leak(&s.client, &s.ns, &objects, &[&first_key, &second_key]).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_foreign_secret_is_never_overwritten() {
+    let version = headscale_versions().pop().unwrap();
+    let s = Setup::new("na-foreign", &version, json!({})).await;
+    create_key_secret(&s.client, &s.ns, "taken", "do-not-touch").await;
+    s.approve("taken", json!({"preAuthKey": {"user": "alice"}})).await;
+    s.wait_phase("taken", "Pending", "SecretConflict").await;
+    let secret = Api::<Secret>::namespaced(s.client.clone(), &s.ns)
+        .get("taken")
+        .await
+        .unwrap();
+    assert!(secret.data.unwrap().contains_key("api-key"));
+    assert!(s.hs.client().list_pre_auth_keys().await.unwrap().is_empty());
+    // Pointing the approval at a free name resolves it.
+    s.approvals()
+        .patch(
+            "taken",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"preAuthKey": {"secretName": "taken-key"}}})),
+        )
+        .await
+        .unwrap();
+    s.wait_phase("taken", "KeyIssued", "KeyIssued").await;
+}
