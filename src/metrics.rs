@@ -42,6 +42,22 @@ pub struct HeadscaleCallLabels {
     pub result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeCountLabels {
+    pub namespace: String,
+    pub name: String,
+    /// `total`, `online`, `expiring_soon`, `expired`, `stale`, `unexpected`.
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeActionLabels {
+    pub namespace: String,
+    pub name: String,
+    /// `expired_unexpected`, `deleted_unexpected`, `pruned`.
+    pub action: String,
+}
+
 pub struct Metrics {
     pub reconciles: Family<ControllerLabels, Counter>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
@@ -56,6 +72,10 @@ pub struct Metrics {
     pub policy_rejections: Family<RejectionLabels, Counter>,
     /// Requests to Headscale's API, by call and result.
     pub headscale_requests: Family<HeadscaleCallLabels, Counter>,
+    /// The last audit's node counts per server.
+    pub nodes: Family<NodeCountLabels, Gauge>,
+    /// Nodes the audit expired or deleted.
+    pub node_actions: Family<NodeActionLabels, Counter>,
     registry: Registry,
 }
 
@@ -71,6 +91,8 @@ impl Default for Metrics {
         let policy_drift_repairs = Family::<ServerLabels, Counter>::default();
         let policy_rejections = Family::<RejectionLabels, Counter>::default();
         let headscale_requests = Family::<HeadscaleCallLabels, Counter>::default();
+        let nodes = Family::<NodeCountLabels, Gauge>::default();
+        let node_actions = Family::<NodeActionLabels, Counter>::default();
         let mut registry = Registry::with_prefix("headscale_operator");
         registry.register("reconciliations", "Reconciliations run", reconciles.clone());
         registry.register(
@@ -108,6 +130,16 @@ impl Default for Metrics {
             "Requests to Headscale's API by call and result",
             headscale_requests.clone(),
         );
+        registry.register(
+            "nodes",
+            "Nodes of a HeadscaleServer at its last audit, by state",
+            nodes.clone(),
+        );
+        registry.register(
+            "node_actions",
+            "Nodes the audit expired or deleted, by action",
+            node_actions.clone(),
+        );
         Self {
             reconciles,
             reconcile_errors,
@@ -117,6 +149,8 @@ impl Default for Metrics {
             policy_drift_repairs,
             policy_rejections,
             headscale_requests,
+            nodes,
+            node_actions,
             registry,
         }
     }

@@ -440,3 +440,235 @@ async fn a_foreign_secret_is_never_overwritten() {
         .unwrap();
     s.wait_phase("taken", "KeyIssued", "KeyIssued").await;
 }
+
+// ---------------------------------------------------------------------------------
+// Inventory, audit and pruning
+
+impl Setup {
+    async fn set_nodes_spec(&self, nodes: Value) {
+        Api::<HeadscaleServer>::namespaced(self.client.clone(), &self.ns)
+            .patch(
+                "corp",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"nodes": nodes}})),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// `status.nodes` once `check` accepts it.
+    async fn wait_inventory<F>(&self, what: &str, check: F) -> headscale_operator::api::server::NodeInventory
+    where
+        F: Fn(&headscale_operator::api::server::NodeInventory) -> bool,
+    {
+        let api = Api::<HeadscaleServer>::namespaced(self.client.clone(), &self.ns);
+        let check = &check;
+        wait_for(&format!("{what} on {}", self.hs.version), WAIT, || {
+            let api = api.clone();
+            async move {
+                let hs = api.get("corp").await.map_err(|e| e.to_string())?;
+                match hs.status.and_then(|s| s.nodes) {
+                    Some(inv) if check(&inv) => Ok(inv),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        })
+        .await
+    }
+
+    async fn count_events(&self, reason: &str) -> usize {
+        events(&self.client, &self.ns)
+            .await
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .count()
+    }
+}
+
+#[tokio::test]
+async fn inventory_matches_headscale_and_unexpected_nodes_are_reported_then_expired() {
+    on_every_version("na-inv", json!({}), |s| async move {
+        let auth_id = s.hs.plant_pending_node("alice", "approved", &[]);
+        s.approve(
+            "approved",
+            json!({"registration": {"authId": auth_id, "user": "alice"}}),
+        )
+        .await;
+        let na = s.wait_phase("approved", "Approved", "Registered").await;
+        let approved_id = status(&na).node.unwrap().id;
+        // Two nodes registered by hand, behind the operator's back.
+        let rogue: Vec<String> = ["rogue-1", "rogue-2"]
+            .iter()
+            .map(|n| s.hs.create_fake_node("alice", n, &[]).to_string())
+            .collect();
+
+        let inv = s
+            .wait_inventory("3 nodes, 2 unexpected", |i| i.total == 3 && i.unexpected == 2)
+            .await;
+        let listed = s.hs.client().list_nodes(None).await.unwrap();
+        let now = jiff::Timestamp::now();
+        assert_eq!(inv.total, listed.len() as i64);
+        assert_eq!(inv.online, listed.iter().filter(|n| n.online).count() as i64);
+        assert_eq!(
+            inv.expired,
+            listed.iter().filter(|n| n.expiry.is_expired(now)).count() as i64
+        );
+        let mut reported: Vec<String> = inv.unexpected_nodes.iter().map(|n| n.id.clone()).collect();
+        reported.sort();
+        assert_eq!(reported, rogue);
+        assert!(!reported.contains(&approved_id));
+        let msg = s.wait_event("corp", "Warning", "UnexpectedNode").await;
+        assert!(msg.contains("rogue-"), "{msg}");
+        assert_eq!(
+            s.count_events("UnexpectedNode").await,
+            2,
+            "one Event per unexpected node, none for the approved one"
+        );
+        // Report only: nothing was expired.
+        assert!(listed.iter().all(|n| !n.expiry.is_expired(now)));
+
+        s.set_nodes_spec(json!({"unexpected": "Expire"})).await;
+        wait_for("the unexpected nodes expired", WAIT, || async {
+            let nodes = s.hs.client().list_nodes(None).await.map_err(|e| e.to_string())?;
+            let now = jiff::Timestamp::now();
+            let expired: Vec<String> = nodes
+                .iter()
+                .filter(|n| n.expiry.is_expired(now))
+                .map(|n| n.id.to_string())
+                .collect();
+            let mut expired = expired;
+            expired.sort();
+            if expired == rogue {
+                Ok(())
+            } else {
+                Err(format!("{expired:?}"))
+            }
+        })
+        .await;
+        s.wait_event("corp", "Normal", "NodeExpired").await;
+        s.wait_inventory("2 expired", |i| i.expired == 2 && i.total == 3)
+            .await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn stale_nodes_are_pruned_with_dry_run_cap_and_exclusions() {
+    on_every_version("na-prune", json!({}), |s| async move {
+        let client = s.hs.client();
+        client
+            .set_policy(r#"{"tagOwners": {"tag:keep": ["alice@"]}, "acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}"#)
+            .await
+            .unwrap();
+        let ids = s.hs.create_fake_nodes("alice", "old", 5, 5);
+        let keep = ids[0];
+        client
+            .set_tags(headscale_operator::headscale::NodeId(keep), &["tag:keep".to_string()])
+            .await
+            .unwrap();
+        // Fake nodes are never online and were last seen at registration: stale after 1s.
+        s.set_nodes_spec(json!({"pruning": {
+            "enabled": true, "dryRun": true, "staleAfter": "1s", "restartGrace": "0s",
+            "maxDeletionsPerRun": 2, "excludeTags": ["tag:keep"],
+        }}))
+        .await;
+        let inv = s
+            .wait_inventory("4 prune candidates", |i| i.prune_candidates.len() == 4)
+            .await;
+        assert_eq!(inv.stale, 5);
+        assert!(inv.prune_candidates.iter().all(|n| n.id != keep.to_string()));
+        // Dry run: a few audits later nothing is deleted.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(client.list_nodes(None).await.unwrap().len(), 5);
+        assert_eq!(s.count_events("NodePruned").await, 0);
+
+        s.set_nodes_spec(json!({"pruning": {"dryRun": false}})).await;
+        // Watch the count fall: never more than 2 per audit, down to the excluded node.
+        let mut seen = vec![5usize];
+        let start = std::time::Instant::now();
+        loop {
+            let n = client.list_nodes(None).await.unwrap().len();
+            if n != *seen.last().unwrap() {
+                seen.push(n);
+            }
+            if n == 1 || start.elapsed() > WAIT {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(*seen.last().unwrap(), 1, "counts seen: {seen:?}");
+        assert!(seen.windows(2).all(|w| w[0] - w[1] <= 2), "more than the cap in one run: {seen:?}");
+        let left = client.list_nodes(None).await.unwrap();
+        assert_eq!(left[0].id.0, keep, "the excluded node stays");
+        wait_for("4 NodePruned Events", WAIT, || async {
+            let n = s.count_events("NodePruned").await;
+            if n == 4 { Ok(()) } else { Err(n.to_string()) }
+        })
+        .await;
+        let msg = s.wait_event("corp", "Normal", "NodePruned").await;
+        assert!(msg.contains("stale") && msg.contains("old-"), "{msg}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn nothing_is_pruned_in_the_grace_period_after_a_restart() {
+    let version = headscale_versions().pop().unwrap();
+    let s = Setup::new("na-grace", &version, json!({})).await;
+    let client = s.hs.client();
+    s.hs.create_fake_nodes("alice", "old", 2, 2);
+    s.set_nodes_spec(json!({"pruning": {
+        "enabled": true, "dryRun": false, "staleAfter": "1s", "restartGrace": "12s",
+    }}))
+    .await;
+    // The operator has just begun auditing this server: held.
+    let inv = s
+        .wait_inventory("pruning held", |i| i.pruning_held.is_some())
+        .await;
+    assert!(inv.pruning_held.unwrap().contains("restart grace"));
+    assert_eq!(client.list_nodes(None).await.unwrap().len(), 2);
+    wait_for("pruned after the grace period", WAIT, || async {
+        let n = client.list_nodes(None).await.map_err(|e| e.to_string())?.len();
+        if n == 0 { Ok(()) } else { Err(n.to_string()) }
+    })
+    .await;
+
+    // Headscale restarts (the server is seen down, then Ready again): held again.
+    s.hs.create_fake_nodes("alice", "again", 2, 2);
+    s.hs.stop();
+    let api = Api::<HeadscaleServer>::namespaced(s.client.clone(), &s.ns);
+    let ready = |want: &'static str| {
+        let api = api.clone();
+        move || {
+            let api = api.clone();
+            async move {
+                let hs = api.get("corp").await.map_err(|e| e.to_string())?;
+                let c = hs
+                    .status
+                    .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"));
+                match c {
+                    Some(c) if c.status == want => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        }
+    };
+    wait_for("server not Ready", WAIT, ready("False")).await;
+    s.hs.restart();
+    wait_for("server Ready again", WAIT, ready("True")).await;
+    s.wait_inventory("pruning held after the restart", |i| {
+        i.pruning_held.is_some() && i.total == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        client.list_nodes(None).await.unwrap().len(),
+        2,
+        "kept in the grace period"
+    );
+    wait_for("pruned after the grace period", WAIT, || async {
+        let n = client.list_nodes(None).await.map_err(|e| e.to_string())?.len();
+        if n == 0 { Ok(()) } else { Err(n.to_string()) }
+    })
+    .await;
+}

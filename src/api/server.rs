@@ -47,8 +47,8 @@ pub struct HeadscaleServerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external: Option<ExternalSpec>,
 
-    /// Node lifetime, stale-node pruning and what to do with nodes nobody approved.
-    /// (Accepted and defaulted now; enforced by the nodes controller when it lands.)
+    /// Node inventory and audit: what counts as expiring soon, what to do with nodes
+    /// nobody approved, and stale-node pruning (enforced by the nodes controller).
     #[serde(default)]
     pub nodes: NodesSpec,
 
@@ -414,44 +414,95 @@ pub struct PodSpecOverrides {
     pub annotations: BTreeMap<String, String>,
 }
 
-/// Node lifetime and audit policy (both modes).
+/// Node inventory, audit and stale-node pruning (both modes). The nodes controller
+/// lists the server's nodes at every resync and whenever a NodeApproval changes.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NodesSpec {
-    /// A node offline for longer than this is stale.
-    #[serde(default = "default_stale_after")]
+    /// A node whose key expires within this window counts as expiring soon.
+    #[serde(default = "default_expiring_soon")]
     #[schemars(regex(pattern = r"^(0|([0-9]+(ms|s|m|h|d|w))+)$"))]
-    pub stale_after: String,
-    /// Delete stale nodes (off by default; see `pruneDryRun`).
-    #[serde(default)]
-    pub prune_stale: bool,
-    /// Only report what pruning would delete.
-    #[serde(default = "default_true")]
-    pub prune_dry_run: bool,
-    /// At most this many nodes are pruned per audit run.
-    #[serde(default = "default_prune_max")]
-    #[schemars(range(min = 1, max = 1000))]
-    pub prune_max_per_run: i32,
-    /// What to do with a node no NodeApproval or allowed key accounts for:
-    /// `Report` (status, Event, metric) or `Expire`.
+    pub expiring_soon: String,
+    /// What to do with an unexpected node, one that no NodeApproval accounts for
+    /// (neither registered through an approval nor with a key an approval issued):
+    /// `Report` (status, Event, metric), `Expire` (also expire its key now, so it must
+    /// log in again), or `Delete` (also delete it; at most `pruning.maxDeletionsPerRun`
+    /// deletions per audit, shared with pruning).
     #[serde(default)]
     pub unexpected: UnexpectedNodeAction,
+    /// Count nodes that registered through OIDC as expected: the identity provider
+    /// (and `spec.managed.oidc`'s allowed users and groups) authorized them.
+    #[serde(default = "default_true")]
+    pub expect_oidc_nodes: bool,
+    /// Deleting nodes that have been offline for long.
+    #[serde(default)]
+    pub pruning: PruningSpec,
 }
 
 impl Default for NodesSpec {
     fn default() -> Self {
         Self {
-            stale_after: default_stale_after(),
-            prune_stale: false,
-            prune_dry_run: true,
-            prune_max_per_run: default_prune_max(),
+            expiring_soon: default_expiring_soon(),
             unexpected: UnexpectedNodeAction::Report,
+            expect_oidc_nodes: true,
+            pruning: PruningSpec::default(),
         }
     }
 }
 
+/// Stale-node pruning. A node is stale when it is offline and was last seen (or, never
+/// seen, created) longer than `staleAfter` ago. Online nodes, ephemeral nodes (Headscale
+/// removes those itself) and nodes with an excluded tag are never pruned.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PruningSpec {
+    /// Prune at all (off by default: only the stale count is reported).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Only list the candidates in `status.nodes.pruneCandidates`; delete nothing.
+    #[serde(default = "default_true")]
+    pub dry_run: bool,
+    /// A node offline and unseen for longer than this is stale.
+    #[serde(default = "default_stale_after")]
+    #[schemars(regex(pattern = r"^(0|([0-9]+(ms|s|m|h|d|w))+)$"))]
+    pub stale_after: String,
+    /// Nothing is pruned for this long after Headscale (re)started or the operator
+    /// began watching the server: right after a start every node looks offline.
+    /// A restart is recognised when the server was not Ready, or when every node went
+    /// offline at once.
+    #[serde(default = "default_restart_grace")]
+    #[schemars(regex(pattern = r"^(0|([0-9]+(ms|s|m|h|d|w))+)$"))]
+    pub restart_grace: String,
+    /// At most this many nodes are deleted per audit (oldest first).
+    #[serde(default = "default_prune_max")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_deletions_per_run: i32,
+    /// Nodes with any of these tags (`tag:name`) are never pruned.
+    #[serde(default)]
+    pub exclude_tags: Vec<String>,
+}
+
+impl Default for PruningSpec {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            dry_run: true,
+            stale_after: default_stale_after(),
+            restart_grace: default_restart_grace(),
+            max_deletions_per_run: default_prune_max(),
+            exclude_tags: Vec::new(),
+        }
+    }
+}
+
+fn default_expiring_soon() -> String {
+    "7d".to_string()
+}
 fn default_stale_after() -> String {
     "30d".to_string()
+}
+fn default_restart_grace() -> String {
+    "15m".to_string()
 }
 fn default_prune_max() -> i32 {
     5
@@ -462,6 +513,7 @@ pub enum UnexpectedNodeAction {
     #[default]
     Report,
     Expire,
+    Delete,
 }
 
 /// Enrollment rules every NodeApproval is checked against before anything is done.
@@ -554,6 +606,53 @@ pub struct HeadscaleServerStatus {
     /// Written by the policy controller (field manager `headscale-operator/policy`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<ServerPolicyStatus>,
+    /// The node inventory of the last audit. Written by the nodes controller (field
+    /// manager `headscale-operator/nodes`), only when it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<NodeInventory>,
+}
+
+/// Counts of the server's nodes and what the audit found.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInventory {
+    /// Nodes Headscale lists.
+    pub total: i64,
+    /// Nodes connected now.
+    pub online: i64,
+    /// Nodes whose key expires within `spec.nodes.expiringSoon`.
+    pub expiring_soon: i64,
+    /// Nodes whose key has expired (they stay listed until deleted).
+    pub expired: i64,
+    /// Nodes offline and unseen for longer than `spec.nodes.pruning.staleAfter`.
+    pub stale: i64,
+    /// Nodes no NodeApproval accounts for.
+    pub unexpected: i64,
+    /// The first unexpected nodes, by id (at most 20; `unexpected` has the count).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unexpected_nodes: Vec<NodeSummary>,
+    /// Dry run: the nodes pruning would delete now, oldest first (at most 20).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prune_candidates: Vec<NodeSummary>,
+    /// Why pruning is holding back, e.g. during the restart grace period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruning_held: Option<String>,
+}
+
+/// One node, as the audit reports it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSummary {
+    /// Headscale's node id.
+    pub id: String,
+    /// The node's hostname.
+    pub name: String,
+    /// The owning user; absent for a tagged node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// When Headscale last saw it (RFC 3339), if ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<String>,
 }
 
 /// The policy the operator last applied to a server.

@@ -370,6 +370,7 @@ pub fn desired_status(
         version: old.version.clone(),
         endpoint: old.endpoint.clone(),
         policy: None,
+        nodes: None,
     };
     match outcome {
         Outcome::Ready { version, endpoint } => {
@@ -440,10 +441,11 @@ pub fn desired_status(
 }
 
 /// The part of a server's status this controller writes: everything but
-/// `status.policy` and the conditions other controllers own.
+/// `status.policy`, `status.nodes` and the conditions other controllers own.
 pub fn own_part(status: Option<&HeadscaleServerStatus>) -> HeadscaleServerStatus {
     let mut own = status.cloned().unwrap_or_default();
     own.policy = None;
+    own.nodes = None;
     own.conditions
         .retain(|c| c.type_ == conditions::READY || c.type_ == STALLED);
     own

@@ -5,6 +5,8 @@
 //! - `approval.rs`: the NodeApproval reconcile and its pure status math.
 
 pub mod approval;
+pub mod audit;
+pub mod inventory;
 pub mod rules;
 
 use std::collections::HashMap;
@@ -35,6 +37,7 @@ pub struct State {
     pub ctx: Arc<Context>,
     clients: Mutex<HashMap<String, ([u8; 32], headscale::Client)>>,
     memory: Mutex<HashMap<String, Remembered>>,
+    audits: inventory::Memory,
 }
 
 impl State {
@@ -113,30 +116,50 @@ pub async fn run(ctx: Arc<Context>) {
         ctx: ctx.clone(),
         clients: Mutex::new(HashMap::new()),
         memory: Mutex::new(HashMap::new()),
+        audits: inventory::Memory::default(),
     });
-    let controller = Controller::new(approvals, watcher::Config::default().any_semantic());
-    let store = controller.store();
+    let approvals_ctl = Controller::new(approvals.clone(), watcher::Config::default().any_semantic());
+    let store = approvals_ctl.store();
     // A server's change (it became Ready, its enrollment rules changed) wakes the
     // approvals that name it.
-    controller
-        .watches(servers, watcher::Config::default().any_semantic(), move |hs| {
-            let ns = hs.namespace();
-            let name = hs.name_any();
-            store
-                .state()
-                .into_iter()
-                .filter(|a| a.namespace() == ns && a.spec.server_ref.name == name)
-                .map(|a| ObjectRef::from_obj(&*a))
-                .collect::<Vec<_>>()
-        })
+    let approvals_run = approvals_ctl
+        .watches(
+            servers.clone(),
+            watcher::Config::default().any_semantic(),
+            move |hs| {
+                let ns = hs.namespace();
+                let name = hs.name_any();
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|a| a.namespace() == ns && a.spec.server_ref.name == name)
+                    .map(|a| ObjectRef::from_obj(&*a))
+                    .collect::<Vec<_>>()
+            },
+        )
         .shutdown_on_signal()
-        .run(approval::reconcile, approval::error_policy, state)
+        .run(approval::reconcile, approval::error_policy, state.clone())
         .for_each(|res| async move {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "nodes reconcile loop event");
             }
+        });
+    // The audit: every server at each resync, and when one of its approvals changes.
+    let audit_run = Controller::new(servers, watcher::Config::default().any_semantic())
+        .watches(approvals, watcher::Config::default().any_semantic(), |a| {
+            Some(
+                ObjectRef::<HeadscaleServer>::new(&a.spec.server_ref.name)
+                    .within(&a.namespace().unwrap_or_default()),
+            )
         })
-        .await;
+        .shutdown_on_signal()
+        .run(inventory::reconcile, inventory::error_policy, state)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "audit loop event");
+            }
+        });
+    futures::join!(approvals_run, audit_run);
 }
 
 pub(crate) fn object_key(obj: &impl Resource) -> String {

@@ -1,0 +1,488 @@
+//! The audit of one server's nodes: inventory counts, unexpected nodes, stale nodes
+//! and what pruning may delete. Pure: the controller lists the nodes (one call,
+//! whatever the number of nodes) and acts on what this returns.
+//!
+//! Expected nodes (documented in the README):
+//! - registered through a NodeApproval (`status.node.id`), or
+//! - registered with a pre-auth key a NodeApproval issued (`status.preAuthKey.id`),
+//!   which covers tagged and ephemeral nodes made with such keys, or
+//! - registered through OIDC, when `spec.nodes.expectOidcNodes` (default true).
+//!
+//! Everything else is unexpected: nodes registered by hand with the CLI, with keys
+//! minted outside the operator, tagged or ephemeral alike.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+
+use super::rules::parse_duration;
+use crate::api::server::{NodeInventory, NodeSummary, NodesSpec, UnexpectedNodeAction};
+use crate::headscale::{Node, NodeExpiry, NodeId, PreAuthKeyId};
+
+/// At most this many nodes are listed in status (the counts are complete).
+pub const LIST_CAP: usize = 20;
+
+/// A node younger than this is not judged unexpected yet: its NodeApproval may still
+/// be writing the status that accounts for it.
+pub const SETTLE: Duration = Duration::from_secs(15);
+
+pub const OIDC: &str = "REGISTER_METHOD_OIDC";
+
+/// What the approvals of a server account for.
+#[derive(Clone, Debug, Default)]
+pub struct Expected {
+    pub nodes: HashSet<NodeId>,
+    pub keys: HashSet<PreAuthKeyId>,
+}
+
+/// The audit's durations, parsed from the spec.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub expiring_soon: Duration,
+    pub stale_after: Duration,
+    pub restart_grace: Duration,
+    pub prune: bool,
+    pub dry_run: bool,
+    pub max_deletions: usize,
+    pub exclude_tags: Vec<String>,
+    pub unexpected: UnexpectedNodeAction,
+    pub expect_oidc: bool,
+}
+
+impl Policy {
+    /// The spec's policy; a duration the schema let through but that does not parse
+    /// falls back to the default.
+    pub fn from_spec(spec: &NodesSpec) -> Policy {
+        let d = NodesSpec::default();
+        let parse = |s: &str, fallback: &str| {
+            parse_duration(s)
+                .or_else(|| parse_duration(fallback))
+                .unwrap_or(Duration::ZERO)
+        };
+        Policy {
+            expiring_soon: parse(&spec.expiring_soon, &d.expiring_soon),
+            stale_after: parse(&spec.pruning.stale_after, &d.pruning.stale_after),
+            restart_grace: parse(&spec.pruning.restart_grace, &d.pruning.restart_grace),
+            prune: spec.pruning.enabled,
+            dry_run: spec.pruning.dry_run,
+            max_deletions: spec.pruning.max_deletions_per_run.max(1) as usize,
+            exclude_tags: spec.pruning.exclude_tags.clone(),
+            unexpected: spec.unexpected,
+            expect_oidc: spec.expect_oidc_nodes,
+        }
+    }
+}
+
+/// What the audit found, and what to do about it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Audit {
+    pub inventory: NodeInventory,
+    /// Every unexpected node, by id.
+    pub unexpected: Vec<NodeId>,
+    /// Unexpected nodes to expire now (`Expire`; not already expired).
+    pub expire: Vec<NodeId>,
+    /// Nodes to delete now, each with why (at most `maxDeletionsPerRun`).
+    pub delete: Vec<(NodeId, String)>,
+}
+
+fn span(d: Duration) -> SignedDuration {
+    SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
+}
+
+pub fn is_expected(node: &Node, expected: &Expected, policy: &Policy) -> bool {
+    expected.nodes.contains(&node.id)
+        || node.pre_auth_key_id.is_some_and(|k| expected.keys.contains(&k))
+        || (policy.expect_oidc && node.register_method == OIDC)
+}
+
+/// Offline, and last seen (or, never seen, created) longer than `stale_after` ago. A
+/// node with neither time is not judged.
+pub fn is_stale(node: &Node, stale_after: Duration, now: Timestamp) -> bool {
+    if node.online {
+        return false;
+    }
+    match node.last_seen.or(node.created_at) {
+        Some(seen) => now.duration_since(seen) > span(stale_after),
+        None => false,
+    }
+}
+
+pub fn summary(node: &Node) -> NodeSummary {
+    NodeSummary {
+        id: node.id.to_string(),
+        name: node.name.clone(),
+        user: if node.is_tagged() {
+            None
+        } else {
+            node.user.as_ref().map(|u| u.name.clone())
+        },
+        last_seen: node.last_seen.map(|t| t.to_string()),
+    }
+}
+
+/// Audits `nodes`. `quiet_since` is when the server was last (re)started as far as
+/// the operator knows; pruning waits `restart_grace` after it.
+pub fn audit(
+    nodes: &[Node],
+    expected: &Expected,
+    policy: &Policy,
+    now: Timestamp,
+    quiet_since: Timestamp,
+) -> Audit {
+    let mut nodes: Vec<&Node> = nodes.iter().collect();
+    nodes.sort_by_key(|n| n.id);
+    let mut inv = NodeInventory {
+        total: nodes.len() as i64,
+        ..Default::default()
+    };
+    let mut out = Audit::default();
+    let mut candidates: Vec<&Node> = Vec::new();
+    for node in &nodes {
+        if node.online {
+            inv.online += 1;
+        }
+        match node.expiry {
+            NodeExpiry::At(t) if t <= now => inv.expired += 1,
+            NodeExpiry::At(t) if t.duration_since(now) <= span(policy.expiring_soon) => {
+                inv.expiring_soon += 1
+            }
+            _ => {}
+        }
+        let stale = is_stale(node, policy.stale_after, now);
+        if stale {
+            inv.stale += 1;
+        }
+        let settling = node
+            .created_at
+            .is_some_and(|c| now.duration_since(c) < span(SETTLE));
+        if !settling && !is_expected(node, expected, policy) {
+            inv.unexpected += 1;
+            out.unexpected.push(node.id);
+            if inv.unexpected_nodes.len() < LIST_CAP {
+                inv.unexpected_nodes.push(summary(node));
+            }
+            match policy.unexpected {
+                UnexpectedNodeAction::Report => {}
+                UnexpectedNodeAction::Expire => {
+                    if !node.expiry.is_expired(now) {
+                        out.expire.push(node.id);
+                    }
+                }
+                UnexpectedNodeAction::Delete => out.delete.push((
+                    node.id,
+                    "unexpected: no NodeApproval accounts for it (spec.nodes.unexpected: Delete)".into(),
+                )),
+            }
+        }
+        let excluded = node.tags.iter().any(|t| policy.exclude_tags.contains(t));
+        if stale && !node.ephemeral && !excluded {
+            candidates.push(node);
+        }
+    }
+    // Oldest first.
+    candidates.sort_by_key(|n| (n.last_seen.or(n.created_at), n.id));
+
+    let held_until = quiet_since.checked_add(span(policy.restart_grace)).ok();
+    let held = held_until.filter(|t| *t > now);
+    if policy.prune {
+        if let Some(until) = held {
+            inv.pruning_held = Some(format!(
+                "restart grace: Headscale or the operator (re)started recently and every node looks offline after a start; pruning resumes at {until}"
+            ));
+        } else if policy.dry_run {
+            inv.prune_candidates = candidates.iter().take(LIST_CAP).map(|n| summary(n)).collect();
+        } else {
+            let stale_after = crate::controller::nodes::rules::format_duration(policy.stale_after);
+            for n in &candidates {
+                if out.delete.iter().any(|(id, _)| *id == n.id) {
+                    continue;
+                }
+                let seen = n
+                    .last_seen
+                    .or(n.created_at)
+                    .map(|t| t.to_string())
+                    .unwrap_or_default();
+                out.delete.push((
+                    n.id,
+                    format!("stale: offline and last seen {seen}, more than {stale_after} ago"),
+                ));
+            }
+        }
+    }
+    // Unexpected deletions are held in the grace period too, and share the cap.
+    if held.is_some() {
+        out.delete.clear();
+    }
+    out.delete.truncate(policy.max_deletions);
+    out.inventory = inv;
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    const NOW: &str = "2026-06-01T00:00:00Z";
+
+    #[test]
+    fn a_brand_new_node_is_not_judged_yet() {
+        let nodes = vec![
+            node(1, |v| v["createdAt"] = json!("2026-05-31T23:59:55Z")),
+            node(2, |_| {}),
+        ];
+        let a = audit(&nodes, &Expected::default(), &policy(|_| {}), t(NOW), t(LONG_AGO));
+        assert_eq!(a.unexpected, vec![NodeId(2)]);
+        assert_eq!(a.inventory.total, 2);
+    }
+
+    fn node(id: u64, f: impl FnOnce(&mut serde_json::Value)) -> Node {
+        let mut v = json!({
+            "id": id.to_string(), "name": format!("n{id}"),
+            "user": {"id": "1", "name": "alice"},
+            "registerMethod": "REGISTER_METHOD_CLI",
+            "createdAt": "2026-01-01T00:00:00Z",
+            "lastSeen": "2026-05-31T23:00:00Z",
+            "expiry": null, "online": false, "tags": [],
+        });
+        f(&mut v);
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn policy(f: impl FnOnce(&mut NodesSpec)) -> Policy {
+        let mut spec = NodesSpec::default();
+        f(&mut spec);
+        Policy::from_spec(&spec)
+    }
+
+    fn old(id: u64) -> Node {
+        node(id, |v| v["lastSeen"] = json!("2026-01-01T00:00:00Z"))
+    }
+
+    fn expected(nodes: &[u64]) -> Expected {
+        Expected {
+            nodes: nodes.iter().map(|i| NodeId(*i)).collect(),
+            keys: HashSet::new(),
+        }
+    }
+
+    fn ids(v: &[(NodeId, String)]) -> Vec<u64> {
+        v.iter().map(|(i, _)| i.0).collect()
+    }
+
+    const LONG_AGO: &str = "2020-01-01T00:00:00Z";
+
+    #[test]
+    fn counts() {
+        let nodes = vec![
+            node(1, |v| v["online"] = json!(true)),
+            node(2, |v| v["expiry"] = json!("2026-06-03T00:00:00Z")),
+            node(3, |v| v["expiry"] = json!("2026-05-01T00:00:00Z")),
+            node(4, |v| v["expiry"] = json!("0001-01-01T00:00:00Z")),
+            old(5),
+            node(6, |v| v["expiry"] = json!("2026-09-01T00:00:00Z")),
+        ];
+        let a = audit(
+            &nodes,
+            &expected(&[1, 2, 3, 4, 5, 6]),
+            &policy(|_| {}),
+            t(NOW),
+            t(LONG_AGO),
+        );
+        let i = &a.inventory;
+        assert_eq!(
+            (
+                i.total,
+                i.online,
+                i.expiring_soon,
+                i.expired,
+                i.stale,
+                i.unexpected
+            ),
+            (6, 1, 1, 1, 1, 0)
+        );
+        assert!(
+            a.delete.is_empty() && a.expire.is_empty(),
+            "pruning is off by default"
+        );
+    }
+
+    #[test]
+    fn what_is_expected() {
+        let nodes = vec![
+            node(1, |_| {}),
+            node(2, |v| v["preAuthKey"] = json!({"id": "9", "ephemeral": true})),
+            node(3, |v| v["registerMethod"] = json!(OIDC)),
+            node(4, |v| v["preAuthKey"] = json!({"id": "10"})),
+            node(5, |v| v["tags"] = json!(["tag:x"])),
+        ];
+        let mut e = expected(&[1]);
+        e.keys.insert(PreAuthKeyId(9));
+        let a = audit(&nodes, &e, &policy(|_| {}), t(NOW), t(LONG_AGO));
+        assert_eq!(a.unexpected, vec![NodeId(4), NodeId(5)]);
+        assert_eq!(a.inventory.unexpected_nodes.len(), 2);
+        assert_eq!(a.inventory.unexpected_nodes[1].user, None, "tagged: no user");
+        let strict = audit(
+            &nodes,
+            &e,
+            &policy(|s| s.expect_oidc_nodes = false),
+            t(NOW),
+            t(LONG_AGO),
+        );
+        assert_eq!(strict.unexpected, vec![NodeId(3), NodeId(4), NodeId(5)]);
+    }
+
+    #[test]
+    fn unexpected_actions() {
+        let nodes = vec![
+            node(1, |_| {}),
+            node(2, |v| v["expiry"] = json!("2026-05-01T00:00:00Z")),
+            node(3, |_| {}),
+        ];
+        let e = expected(&[3]);
+        let report = audit(&nodes, &e, &policy(|_| {}), t(NOW), t(LONG_AGO));
+        assert!(report.expire.is_empty() && report.delete.is_empty());
+        let expire = audit(
+            &nodes,
+            &e,
+            &policy(|s| s.unexpected = UnexpectedNodeAction::Expire),
+            t(NOW),
+            t(LONG_AGO),
+        );
+        assert_eq!(
+            expire.expire,
+            vec![NodeId(1)],
+            "an expired node is not expired again"
+        );
+        let delete = audit(
+            &nodes,
+            &e,
+            &policy(|s| s.unexpected = UnexpectedNodeAction::Delete),
+            t(NOW),
+            t(LONG_AGO),
+        );
+        assert_eq!(ids(&delete.delete), vec![1, 2]);
+    }
+
+    #[test]
+    fn the_unexpected_list_is_capped_not_the_count() {
+        let nodes: Vec<Node> = (1..=50).map(|i| node(i, |_| {})).collect();
+        let a = audit(&nodes, &Expected::default(), &policy(|_| {}), t(NOW), t(LONG_AGO));
+        assert_eq!(a.inventory.unexpected, 50);
+        assert_eq!(a.inventory.unexpected_nodes.len(), LIST_CAP);
+    }
+
+    fn pruning(f: impl FnOnce(&mut NodesSpec)) -> Policy {
+        policy(|s| {
+            s.pruning.enabled = true;
+            s.pruning.dry_run = false;
+            s.pruning.stale_after = "30d".into();
+            f(s)
+        })
+    }
+
+    #[test]
+    fn pruning_keeps_online_ephemeral_excluded_and_recent_nodes() {
+        let nodes = vec![
+            old(1),
+            node(2, |v| {
+                v["lastSeen"] = json!("2026-01-01T00:00:00Z");
+                v["online"] = json!(true)
+            }),
+            node(3, |v| {
+                v["lastSeen"] = json!("2026-01-01T00:00:00Z");
+                v["preAuthKey"] = json!({"id": "1", "ephemeral": true})
+            }),
+            node(4, |v| {
+                v["lastSeen"] = json!("2026-01-01T00:00:00Z");
+                v["tags"] = json!(["tag:keep"])
+            }),
+            node(5, |_| {}),
+            // Never seen: judged by its creation.
+            node(6, |v| {
+                v["lastSeen"] = json!(null);
+                v["createdAt"] = json!("2026-01-02T00:00:00Z")
+            }),
+            node(7, |v| {
+                v["lastSeen"] = json!(null);
+                v["createdAt"] = json!(null)
+            }),
+        ];
+        let all = expected(&[1, 2, 3, 4, 5, 6, 7]);
+        let p = pruning(|s| s.pruning.exclude_tags = vec!["tag:keep".into()]);
+        let a = audit(&nodes, &all, &p, t(NOW), t(LONG_AGO));
+        assert_eq!(ids(&a.delete), vec![1, 6]);
+        assert!(a.delete[0].1.contains("stale"), "{}", a.delete[0].1);
+        assert_eq!(
+            a.inventory.stale, 4,
+            "online is never stale; the tagged and ephemeral ones are stale but kept"
+        );
+    }
+
+    #[test]
+    fn dry_run_lists_and_deletes_nothing() {
+        let nodes: Vec<Node> = (1..=3).map(old).collect();
+        let p = pruning(|s| s.pruning.dry_run = true);
+        let a = audit(&nodes, &expected(&[1, 2, 3]), &p, t(NOW), t(LONG_AGO));
+        assert!(a.delete.is_empty());
+        assert_eq!(a.inventory.prune_candidates.len(), 3);
+    }
+
+    #[test]
+    fn the_cap_holds_oldest_first() {
+        let nodes: Vec<Node> = (1..=10)
+            .map(|i| {
+                node(i, |v| {
+                    v["lastSeen"] = json!(format!("2026-01-{:02}T00:00:00Z", 11 - i))
+                })
+            })
+            .collect();
+        let p = pruning(|s| s.pruning.max_deletions_per_run = 3);
+        let a = audit(
+            &nodes,
+            &expected(&(1..=10).collect::<Vec<_>>()),
+            &p,
+            t(NOW),
+            t(LONG_AGO),
+        );
+        assert_eq!(ids(&a.delete), vec![10, 9, 8]);
+    }
+
+    #[test]
+    fn nothing_is_deleted_during_the_restart_grace() {
+        let nodes: Vec<Node> = (1..=3).map(old).collect();
+        let p = pruning(|s| {
+            s.pruning.restart_grace = "15m".into();
+            s.unexpected = UnexpectedNodeAction::Delete
+        });
+        let a = audit(
+            &nodes,
+            &Expected::default(),
+            &p,
+            t(NOW),
+            t("2026-05-31T23:50:00Z"),
+        );
+        assert!(a.delete.is_empty());
+        assert!(
+            a.inventory
+                .pruning_held
+                .as_deref()
+                .unwrap()
+                .contains("restart grace")
+        );
+        let later = audit(
+            &nodes,
+            &Expected::default(),
+            &p,
+            t(NOW),
+            t("2026-05-31T23:40:00Z"),
+        );
+        assert_eq!(ids(&later.delete), vec![1, 2, 3]);
+        assert_eq!(later.inventory.pruning_held, None);
+    }
+}

@@ -1,0 +1,375 @@
+//! The audit loop: for each HeadscaleServer, at every resync and whenever one of its
+//! NodeApprovals changes, list its nodes (one call), compute the inventory, act on
+//! unexpected and stale nodes as the spec says, and write `status.nodes` when it
+//! changed (field manager `headscale-operator/nodes`, only that field).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::audit::{self, Expected, Policy};
+use super::{FIELD_MANAGER, State, object_key, reachable};
+use crate::api::conditions;
+use crate::api::{HeadscaleServer, NodeApproval};
+use crate::controller::backoff;
+use crate::headscale::{self, ExpiryChange, NodeId, PreAuthKeyId};
+use crate::metrics::{Metrics, NodeActionLabels, NodeCountLabels};
+
+pub const AUDIT: &str = "audit";
+
+#[derive(thiserror::Error, Debug)]
+pub enum Error {
+    #[error(transparent)]
+    ReadSecret(#[from] crate::controller::connect::ReadSecretError),
+    #[error("listing NodeApprovals: {0}")]
+    ListApprovals(#[source] kube::Error),
+    #[error("{0}")]
+    Headscale(#[from] headscale::Error),
+    #[error("writing status: {0}")]
+    PatchStatus(#[source] kube::Error),
+    #[error("object has no namespace")]
+    MissingNamespace,
+}
+
+impl Error {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::ReadSecret(_) => "ReadSecret",
+            Error::ListApprovals(_) => "ListApprovals",
+            Error::Headscale(e) => e.reason(),
+            Error::PatchStatus(_) => "PatchStatus",
+            Error::MissingNamespace => "MissingNamespace",
+        }
+    }
+}
+
+/// What the audit remembers of a server between runs.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    /// When this operator first audited the server: nothing is pruned for the grace
+    /// period after it, since an earlier restart would be unknown.
+    first: Timestamp,
+    /// Nodes online at the last audit.
+    online: i64,
+    /// When every node went offline at once (a likely restart).
+    all_offline_at: Option<Timestamp>,
+    /// The unexpected nodes of the last audit (Events only for new ones).
+    unexpected: HashSet<NodeId>,
+}
+
+#[derive(Default)]
+pub struct Memory(Mutex<HashMap<String, Seen>>);
+
+/// The approvals' record of expected nodes and keys. Pure.
+pub fn expected(approvals: &[NodeApproval], server: &str) -> Expected {
+    let mut e = Expected::default();
+    for a in approvals.iter().filter(|a| a.spec.server_ref.name == server) {
+        let Some(status) = &a.status else { continue };
+        if let Some(id) = status.node.as_ref().and_then(|n| n.id.parse().ok()) {
+            e.nodes.insert(NodeId(id));
+        }
+        if let Some(id) = status.pre_auth_key.as_ref().and_then(|k| k.id.parse().ok()) {
+            e.keys.insert(PreAuthKeyId(id));
+        }
+    }
+    e
+}
+
+/// When the server last (re)started as far as the operator can tell: the later of its
+/// first audit here, the last time it became Ready, and the last time every node went
+/// offline at once. Pure.
+pub fn quiet_since(hs: &HeadscaleServer, seen: &Seen) -> Timestamp {
+    let ready_since = hs
+        .status
+        .as_ref()
+        .and_then(|s| conditions::find(&s.conditions, conditions::READY))
+        .filter(|c| c.status == "True")
+        .map(|c| c.last_transition_time.0);
+    [Some(seen.first), ready_since, seen.all_offline_at]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(seen.first)
+}
+
+pub async fn reconcile(hs: Arc<HeadscaleServer>, state: Arc<State>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let labels = Metrics::controller(AUDIT);
+    state.ctx.metrics.reconciles.get_or_create(&labels).inc();
+    let result = reconcile_inner(&hs, &state).await;
+    state
+        .ctx
+        .metrics
+        .reconcile_duration
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_inner(hs: &HeadscaleServer, state: &State) -> Result<Action, Error> {
+    let ctx = &state.ctx;
+    let ns = hs.namespace().ok_or(Error::MissingNamespace)?;
+    let name = hs.name_any();
+    let key = object_key(hs);
+    if reachable(hs).is_err() {
+        // The server controller reports why; audit once it is Ready.
+        return Ok(Action::requeue(ctx.settings.resync));
+    }
+    let client = match state.client_for(&ns, hs).await? {
+        Ok(c) => c,
+        Err(_) => return Ok(Action::requeue(ctx.settings.resync)),
+    };
+    let approvals: Api<NodeApproval> = Api::namespaced(ctx.client.clone(), &ns);
+    let approvals = approvals
+        .list(&ListParams::default())
+        .await
+        .map_err(Error::ListApprovals)?
+        .items;
+    let expected = expected(&approvals, &name);
+    let nodes = client.list_nodes(None).await?;
+    let now = Timestamp::now();
+
+    let policy = Policy::from_spec(&hs.spec.nodes);
+    let (result, new_unexpected) = {
+        let mut memory = state.audits.0.lock().unwrap_or_else(|p| p.into_inner());
+        let seen = memory.entry(key.clone()).or_insert_with(|| Seen {
+            first: now,
+            online: 0,
+            all_offline_at: None,
+            unexpected: HashSet::new(),
+        });
+        let online = nodes.iter().filter(|n| n.online).count() as i64;
+        if seen.online > 0 && online == 0 && !nodes.is_empty() {
+            seen.all_offline_at = Some(now);
+        }
+        seen.online = online;
+        let result = audit::audit(&nodes, &expected, &policy, now, quiet_since(hs, seen));
+        let current: HashSet<NodeId> = result.unexpected.iter().copied().collect();
+        let mut new: Vec<NodeId> = current.difference(&seen.unexpected).copied().collect();
+        new.sort();
+        seen.unexpected = current;
+        (result, new)
+    };
+
+    let by_id: HashMap<NodeId, &headscale::Node> = nodes.iter().map(|n| (n.id, n)).collect();
+    // kube's Recorder folds Events with the same object, reason and action into one
+    // series; naming the Headscale node as the related object keeps one per node.
+    let related = |id: NodeId| {
+        Some(ObjectReference {
+            api_version: Some("headscale.operator.dev/v1alpha1".into()),
+            kind: Some("HeadscaleNode".into()),
+            namespace: Some(ns.clone()),
+            name: Some(format!("{}-{id}", name)),
+            ..Default::default()
+        })
+    };
+    let describe = |id: NodeId| match by_id.get(&id) {
+        Some(n) => {
+            let owner = if n.is_tagged() {
+                format!("tags {:?}", n.tags)
+            } else {
+                format!(
+                    "user {:?}",
+                    n.user.as_ref().map(|u| u.name.as_str()).unwrap_or("")
+                )
+            };
+            format!("node {id} ({}, {owner})", n.name)
+        }
+        None => format!("node {id}"),
+    };
+
+    let mut events = Vec::new();
+    const EVENT_CAP: usize = 10;
+    for id in new_unexpected.iter().take(EVENT_CAP) {
+        tracing::info!(server = %key, node_id = %id, "unexpected node: no NodeApproval accounts for it");
+        events.push(Event {
+            type_: EventType::Warning,
+            reason: "UnexpectedNode".into(),
+            note: Some(format!(
+                "{} is not accounted for by any NodeApproval (spec.nodes.unexpected: {:?})",
+                describe(*id),
+                policy.unexpected
+            )),
+            action: "Audit".into(),
+            secondary: related(*id),
+        });
+    }
+    if new_unexpected.len() > EVENT_CAP {
+        events.push(Event {
+            type_: EventType::Warning,
+            reason: "UnexpectedNode".into(),
+            note: Some(format!(
+                "{} more unexpected nodes; see status.nodes",
+                new_unexpected.len() - EVENT_CAP
+            )),
+            action: "Audit".into(),
+            secondary: None,
+        });
+    }
+
+    let count = |action: &str| {
+        ctx.metrics
+            .node_actions
+            .get_or_create(&NodeActionLabels {
+                namespace: ns.clone(),
+                name: name.clone(),
+                action: action.into(),
+            })
+            .inc();
+    };
+    for id in &result.expire {
+        match client.expire_node(*id, ExpiryChange::Now).await {
+            Ok(_) | Err(headscale::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let what = describe(*id);
+        tracing::info!(server = %key, node_id = %id, by = FIELD_MANAGER, why = "unexpected (spec.nodes.unexpected: Expire)", "expired {what}");
+        count("expired_unexpected");
+        events.push(Event {
+            type_: EventType::Normal,
+            reason: "NodeExpired".into(),
+            note: Some(format!(
+                "expired {what}: no NodeApproval accounts for it (spec.nodes.unexpected: Expire)"
+            )),
+            action: "Expire".into(),
+            secondary: related(*id),
+        });
+    }
+    for (id, why) in &result.delete {
+        match client.delete_node(*id).await {
+            Ok(()) | Err(headscale::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let what = describe(*id);
+        let pruned = why.starts_with("stale");
+        tracing::info!(server = %key, node_id = %id, by = FIELD_MANAGER, %why, "deleted {what}");
+        count(if pruned { "pruned" } else { "deleted_unexpected" });
+        events.push(Event {
+            type_: EventType::Normal,
+            reason: if pruned { "NodePruned" } else { "NodeDeleted" }.into(),
+            note: Some(format!("deleted {what}: {why}")),
+            action: "Delete".into(),
+            secondary: related(*id),
+        });
+    }
+
+    let inv = &result.inventory;
+    for (s, v) in [
+        ("total", inv.total),
+        ("online", inv.online),
+        ("expiring_soon", inv.expiring_soon),
+        ("expired", inv.expired),
+        ("stale", inv.stale),
+        ("unexpected", inv.unexpected),
+    ] {
+        ctx.metrics
+            .nodes
+            .get_or_create(&NodeCountLabels {
+                namespace: ns.clone(),
+                name: name.clone(),
+                state: s.into(),
+            })
+            .set(v);
+    }
+
+    let live = hs.status.as_ref().and_then(|s| s.nodes.as_ref());
+    if live != Some(inv) {
+        let api: Api<HeadscaleServer> = Api::namespaced(ctx.client.clone(), &ns);
+        let patch = json!({
+            "apiVersion": HeadscaleServer::api_version(&()),
+            "kind": HeadscaleServer::kind(&()),
+            "status": {"nodes": inv},
+        });
+        api.patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::PatchStatus)?;
+    }
+    for ev in events {
+        if let Err(e) = ctx.recorder.publish(&ev, &hs.object_ref(&())).await {
+            tracing::warn!(server = %key, error = %e, "failed to publish event");
+        }
+    }
+    ctx.clear_failures(&format!("audit/{key}"));
+    Ok(Action::requeue(ctx.settings.resync))
+}
+
+pub fn error_policy(hs: Arc<HeadscaleServer>, error: &Error, state: Arc<State>) -> Action {
+    let ctx = state.ctx.clone();
+    let key = object_key(&*hs);
+    tracing::warn!(server = %key, reason = error.reason(), error = %error, "audit failed");
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&crate::metrics::ErrorLabels {
+            controller: AUDIT.into(),
+            reason: error.reason().into(),
+        })
+        .inc();
+    let n = ctx.record_failure(&format!("audit/{key}"));
+    Action::requeue(backoff::delay(
+        n,
+        Duration::from_secs(2),
+        ctx.settings.max_backoff,
+        backoff::jitter(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn approvals_account_for_their_nodes_and_keys_on_their_server_only() {
+        let mk = |name: &str, server: &str, status: serde_json::Value| -> NodeApproval {
+            serde_json::from_value(json!({
+                "apiVersion": "headscale.operator.dev/v1alpha1", "kind": "NodeApproval",
+                "metadata": {"name": name, "namespace": "ns"},
+                "spec": {"serverRef": {"name": server}, "preAuthKey": {"user": "a"}},
+                "status": status,
+            }))
+            .unwrap()
+        };
+        let approvals = vec![
+            mk("a", "corp", json!({"node": {"id": "4", "name": "n"}})),
+            mk("b", "corp", json!({"preAuthKey": {"id": "9", "secretName": "b"}})),
+            mk("c", "other", json!({"node": {"id": "5", "name": "n"}})),
+            mk("d", "corp", json!({})),
+        ];
+        let e = expected(&approvals, "corp");
+        assert_eq!(e.nodes, [NodeId(4)].into_iter().collect());
+        assert_eq!(e.keys, [PreAuthKeyId(9)].into_iter().collect());
+    }
+
+    #[test]
+    fn the_latest_sign_of_a_restart_counts() {
+        let hs: HeadscaleServer = serde_json::from_value(json!({
+            "apiVersion": "headscale.operator.dev/v1alpha1", "kind": "HeadscaleServer",
+            "metadata": {"name": "corp", "namespace": "ns"},
+            "spec": {"external": {"url": "http://h", "apiKeySecretRef": {"name": "k"}}},
+            "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Ready", "message": "",
+                "lastTransitionTime": "2026-01-01T00:10:00Z"}]},
+        }))
+        .unwrap();
+        let t = |s: &str| s.parse::<Timestamp>().unwrap();
+        let mut seen = Seen {
+            first: t("2026-01-01T00:00:00Z"),
+            online: 0,
+            all_offline_at: None,
+            unexpected: HashSet::new(),
+        };
+        assert_eq!(quiet_since(&hs, &seen), t("2026-01-01T00:10:00Z"));
+        seen.all_offline_at = Some(t("2026-01-01T00:20:00Z"));
+        assert_eq!(quiet_since(&hs, &seen), t("2026-01-01T00:20:00Z"));
+    }
+}
