@@ -519,11 +519,18 @@ async fn inventory_matches_headscale_and_unexpected_nodes_are_reported_then_expi
         assert!(!reported.contains(&approved_id));
         let msg = s.wait_event("corp", "Warning", "UnexpectedNode").await;
         assert!(msg.contains("rogue-"), "{msg}");
-        assert_eq!(
-            s.count_events("UnexpectedNode").await,
-            2,
-            "one Event per unexpected node, none for the approved one"
-        );
+        wait_for("one UnexpectedNode Event per rogue node", WAIT, || async {
+            let n = s.count_events("UnexpectedNode").await;
+            if n == 2 { Ok(()) } else { Err(n.to_string()) }
+        })
+        .await;
+        let notes: Vec<String> = events(&s.client, &s.ns)
+            .await
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("UnexpectedNode"))
+            .filter_map(|e| e.message)
+            .collect();
+        assert!(notes.iter().all(|m| !m.contains("(approved")), "{notes:?}");
         // Report only: nothing was expired.
         assert!(listed.iter().all(|n| !n.expiry.is_expired(now)));
 
@@ -633,8 +640,8 @@ async fn nothing_is_pruned_in_the_grace_period_after_a_restart() {
     })
     .await;
 
-    // Headscale restarts (the server is seen down, then Ready again): held again.
-    s.hs.create_fake_nodes("alice", "again", 2, 2);
+    // Headscale restarts (the server is seen down, then Ready again): held again, so
+    // nodes that look stale right after the restart are kept for the grace period.
     s.hs.stop();
     let api = Api::<HeadscaleServer>::namespaced(s.client.clone(), &s.ns);
     let ready = |want: &'static str| {
@@ -656,6 +663,7 @@ async fn nothing_is_pruned_in_the_grace_period_after_a_restart() {
     wait_for("server not Ready", WAIT, ready("False")).await;
     s.hs.restart();
     wait_for("server Ready again", WAIT, ready("True")).await;
+    s.hs.create_fake_nodes("alice", "again", 2, 2);
     s.wait_inventory("pruning held after the restart", |i| {
         i.pruning_held.is_some() && i.total == 2
     })
@@ -671,4 +679,115 @@ async fn nothing_is_pruned_in_the_grace_period_after_a_restart() {
         if n == 0 { Ok(()) } else { Err(n.to_string()) }
     })
     .await;
+}
+
+// ---------------------------------------------------------------------------------
+// Who may approve (the chart's ValidatingAdmissionPolicy)
+
+/// A client that acts as `user` in `groups` (the admin impersonates them).
+async fn client_as(user: &str, groups: &[&str]) -> Client {
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let kc = Kubeconfig::read_from(kubeconfig()).unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    config.auth_info.impersonate = Some(user.to_string());
+    config.auth_info.impersonate_groups = Some(groups.iter().map(|g| g.to_string()).collect());
+    Client::try_from(config).unwrap()
+}
+
+#[tokio::test]
+async fn only_approvers_approve_others_request() {
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let version = headscale_versions().pop().unwrap();
+    let s = Setup::new("na-vap", &version, json!({})).await;
+    // Both may edit NodeApprovals as far as RBAC goes; the policy tells them apart.
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": "approvals"},
+        "rules": [{"apiGroups": ["headscale.operator.dev"], "resources": ["nodeapprovals"],
+                   "verbs": ["get", "create", "patch", "update"]}],
+    }))
+    .unwrap();
+    Api::<Role>::namespaced(s.client.clone(), &s.ns)
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "approvals"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "approvals"},
+        "subjects": [
+            {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "mallory"},
+            {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "vera"},
+        ],
+    }))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(s.client.clone(), &s.ns)
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    let mallory: Api<NodeApproval> = Api::namespaced(client_as("mallory", &["developers"]).await, &s.ns);
+    let vera: Api<NodeApproval> = Api::namespaced(client_as("vera", &["headscale-approvers"]).await, &s.ns);
+    let approval = |name: &str, approved: bool| -> NodeApproval {
+        serde_json::from_value(json!({
+            "apiVersion": "headscale.operator.dev/v1alpha1", "kind": "NodeApproval",
+            "metadata": {"name": name},
+            "spec": {"serverRef": {"name": "corp"}, "approved": approved,
+                     "preAuthKey": {"user": "alice", "expiration": "10m"}},
+        }))
+        .unwrap()
+    };
+
+    // A developer cannot approve on their own.
+    let err = mallory
+        .create(&PostParams::default(), &approval("self", true))
+        .await
+        .expect_err("a non-approver created an approved NodeApproval");
+    assert!(err.to_string().contains("may approve nodes"), "{err}");
+    // The policy also applies to approvals that do not say `approved` (it defaults to true).
+    let mut implicit = serde_json::to_value(approval("implicit", true)).unwrap();
+    implicit["spec"].as_object_mut().unwrap().remove("approved");
+    let implicit: NodeApproval = serde_json::from_value(implicit).unwrap();
+    assert!(mallory.create(&PostParams::default(), &implicit).await.is_err());
+
+    // They may file a request; nothing happens on the server.
+    mallory
+        .create(&PostParams::default(), &approval("laptop", false))
+        .await
+        .unwrap();
+    s.wait_phase("laptop", "Requested", "AwaitingApproval").await;
+    assert!(s.hs.client().list_pre_auth_keys().await.unwrap().is_empty());
+    let approve = Patch::Merge(json!({"spec": {"approved": true}}));
+    let err = mallory
+        .patch("laptop", &PatchParams::default(), &approve)
+        .await
+        .expect_err("a non-approver approved a request");
+    assert!(err.to_string().contains("may approve nodes"), "{err}");
+
+    // An approver approves it: the operator mints the key.
+    vera.patch("laptop", &PatchParams::default(), &approve)
+        .await
+        .unwrap();
+    s.wait_phase("laptop", "KeyIssued", "KeyIssued").await;
+    assert_eq!(s.hs.client().list_pre_auth_keys().await.unwrap().len(), 1);
+
+    // Metadata stays editable for the requester; the approved spec does not.
+    mallory
+        .patch(
+            "laptop",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"team": "a"}}})),
+        )
+        .await
+        .unwrap();
+    assert!(
+        mallory
+            .patch(
+                "laptop",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"preAuthKey": {"renew": true}}})),
+            )
+            .await
+            .is_err()
+    );
 }

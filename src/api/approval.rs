@@ -46,6 +46,12 @@ pub struct NodeApprovalSpec {
     /// and writes it into a Secret owned by this approval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pre_auth_key: Option<PreAuthKeySpec>,
+    /// `false` makes this a request: the operator does nothing (phase `Requested`)
+    /// until someone allowed to approve sets it to `true`. With the chart's admission
+    /// policy, only members of the approver groups may create or change an approval
+    /// with `approved: true`; everyone else may only file requests.
+    #[serde(default = "default_true")]
+    pub approved: bool,
     /// Expected hostname of the node, checked against the server's
     /// `enrollment.hostnamePatterns` (required when the server sets patterns).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -110,6 +116,10 @@ pub struct PreAuthKeySpec {
     pub renew: bool,
 }
 
+fn default_true() -> bool {
+    true
+}
+
 fn default_key_expiration() -> String {
     "1h".to_string()
 }
@@ -127,7 +137,7 @@ pub struct NodeApprovalStatus {
     #[serde(default)]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
-    /// `Pending` (waiting for the server), `KeyIssued` (key in its Secret, not used
+    /// `Requested` (`spec.approved` is false), `Pending` (waiting for the server), `KeyIssued` (key in its Secret, not used
     /// yet), `Approved` (the node is registered), `Refused` (an enrollment rule
     /// forbids it; nothing was done on the server) or `Failed` (terminal: unknown auth
     /// id, expired key).

@@ -69,6 +69,8 @@ pub mod reason {
     pub const SECRET_CONFLICT: &str = "SecretConflict";
     /// The node was registered but Headscale refused its tags (not in `tagOwners`).
     pub const TAGS_REJECTED: &str = "TagsRejected";
+    /// `spec.approved` is false: a request waiting for an approver.
+    pub const AWAITING_APPROVAL: &str = "AwaitingApproval";
     /// Headscale refused the request as invalid (e.g. a malformed auth id). Terminal.
     pub const REQUEST_REJECTED: &str = "RequestRejected";
 }

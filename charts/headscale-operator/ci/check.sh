@@ -73,6 +73,10 @@ if check "helm template (defaults)" render "$d"; then
     expect_count "defaults: one $kind" "$d" "^kind: $kind$" 1
   done
   expect_count "defaults: no ServiceMonitor" "$d" '^kind: ServiceMonitor$' 0
+  # Who may approve nodes: the admission policy for NodeApprovals, on by default.
+  expect_count "defaults: one ValidatingAdmissionPolicy (node approvers)" "$d" '^kind: ValidatingAdmissionPolicy$' 1
+  expect_count "defaults: one ValidatingAdmissionPolicyBinding (Deny)" "$d" '^  validationActions: \["Deny"\]$' 1
+  expect_count "defaults: approver groups headscale-approvers, system:masters" "$d" 'g in \["headscale-approvers","system:masters"\]' 1
   expect_count "defaults: no NetworkPolicy" "$d" '^kind: NetworkPolicy$' 0
   # RBAC: no wildcard, no pods/exec, Secrets read-only (comments aside).
   grep -vE '^[[:space:]]*#' "$d" >"$work/default-nocomments.yaml"

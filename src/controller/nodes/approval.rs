@@ -29,6 +29,7 @@ use crate::metrics::Metrics;
 const STALLED: &str = "Stalled";
 
 pub mod phase {
+    pub const REQUESTED: &str = "Requested";
     pub const PENDING: &str = "Pending";
     pub const KEY_ISSUED: &str = "KeyIssued";
     pub const APPROVED: &str = "Approved";
@@ -89,6 +90,8 @@ impl From<headscale::Error> for Error {
 /// What a reconcile decided.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
+    /// `spec.approved` is false: nothing is done until an approver sets it.
+    Requested,
     /// Waiting for something outside the approval (the server, a user); retried.
     Pending {
         reason: &'static str,
@@ -213,6 +216,7 @@ async fn reconcile_inner(na: &NodeApproval, state: &State) -> Result<Action, Err
     ctx.clear_failures(&key);
     Ok(match &outcome {
         Outcome::Pending { .. } => Action::requeue(ctx.settings.resync),
+        Outcome::Requested => Action::await_change(),
         Outcome::KeyIssued { key, .. } => {
             // Look again at the resync interval (was it used?) and right after expiry.
             let until_expiry = key
@@ -249,6 +253,7 @@ fn log_transition(key: &str, outcome: &Outcome) {
         Outcome::Pending { reason, message, .. } => {
             tracing::info!(approval = %key, %reason, detail = %message, "approval pending")
         }
+        Outcome::Requested => tracing::info!(approval = %key, "approval requested, waiting for an approver"),
     }
 }
 
@@ -260,6 +265,9 @@ async fn decide(
 ) -> Result<Outcome, Error> {
     let ctx = &state.ctx;
     let server_name = &na.spec.server_ref.name;
+    if !na.spec.approved && old.node.is_none() && old.pre_auth_key.is_none() {
+        return Ok(Outcome::Requested);
+    }
     // An approved registration is a record; it needs nothing from the server.
     if na.spec.registration.is_some()
         && let Some(node) = &old.node
@@ -662,6 +670,13 @@ pub fn desired_status(
         pre_auth_key: old.pre_auth_key.clone(),
     };
     let (phase, ready, reason, message, stalled) = match outcome {
+        Outcome::Requested => (
+            phase::REQUESTED,
+            false,
+            reason::AWAITING_APPROVAL,
+            "a request: an approver sets spec.approved to true to execute it".to_string(),
+            false,
+        ),
         Outcome::Pending {
             reason,
             message,
@@ -869,6 +884,7 @@ mod tests {
         let empty = NodeApprovalStatus::default();
         #[rustfmt::skip]
         let table: Vec<(Outcome, &str, &str, &str, &str)> = vec![
+            (Outcome::Requested, "Requested", "False", "AwaitingApproval", "False"),
             (Outcome::Pending { reason: reason::SERVER_NOT_READY, message: "m".into(), stalled: false }, "Pending", "False", "ServerNotReady", "False"),
             (Outcome::Pending { reason: reason::USER_NOT_FOUND, message: "m".into(), stalled: true }, "Pending", "False", "UserNotFound", "True"),
             (Outcome::Refused(Violation { rule: "allowedUsers", message: "m".into() }), "Refused", "False", "EnrollmentRefused", "True"),
