@@ -79,6 +79,29 @@ step "kubectl apply examples/acl-team-*.yaml (two teams' AclPolicy fragments for
 kubectl -n "$NS" apply -f examples/acl-team-platform.yaml -f examples/acl-team-web.yaml
 kubectl -n "$NS" wait --for=condition=Ready aclpolicy/team-platform aclpolicy/team-web --timeout=60s
 
+step "node enrollment: approve an interactive registration, pre-approve a key (examples/node-approvals.yaml)"
+hsbin=""
+for e in $HSOP_HEADSCALE_BINS; do [ "${e%%=*}" = "$HSOP_HEADSCALE_DEMO_VERSION" ] && hsbin=${e#*=}; done
+hscli() { "$hsbin" -c "$DEMO/headscale/config.yaml" "$@"; }
+hscli users create alice >/dev/null
+# What `tailscale up` without a key leaves behind, simulated with Headscale's fake-node facility.
+auth_id="hskey-authreq-$(head -c 200 /dev/urandom | tr -dc 'A-Za-z0-9' | head -c 24)"
+hscli debug create-node --user alice --name alice-laptop --key "$auth_id" >/dev/null
+sed "s#hskey-authreq-REPLACEWITHTHEPRINTEDID#$auth_id#" examples/node-approvals.yaml | kubectl -n "$NS" apply -f -
+kubectl -n "$NS" wait --for=jsonpath='{.status.phase}'=Approved nodeapproval/alice-laptop --timeout=60s
+kubectl -n "$NS" wait --for=jsonpath='{.status.phase}'=KeyIssued nodeapproval/build-runner --timeout=60s
+
+step "audit: a node nobody approved, and stale nodes pruning would delete (dry run)"
+# Registered by hand behind the operator's back; fake nodes are never online.
+auth_id="hskey-authreq-$(head -c 200 /dev/urandom | tr -dc 'A-Za-z0-9' | head -c 24)"
+hscli debug create-node --user alice --name rogue --key "$auth_id" >/dev/null
+hscli auth register --user alice --auth-id "$auth_id" >/dev/null
+kubectl -n "$NS" patch headscaleserver corp --type merge -p \
+  '{"spec":{"nodes":{"pruning":{"enabled":true,"dryRun":true,"staleAfter":"10s","restartGrace":"0s"}}}}'
+# A node is judged 15 s after it registered (its approval may still be writing its status).
+kubectl -n "$NS" wait --for=jsonpath='{.status.nodes.unexpected}'=1 headscaleserver/corp --timeout=60s
+kubectl -n "$NS" wait --for=jsonpath='{.status.nodes.stale}'=2 headscaleserver/corp --timeout=60s
+
 step "what a user sees"
 kubectl -n "$NS" get headscaleservers -o wide
 echo
@@ -89,6 +112,22 @@ echo
 kubectl -n "$NS" get aclpolicies -o wide
 echo
 kubectl -n "$NS" get events --field-selector involvedObject.kind=AclPolicy
+echo
+kubectl -n "$NS" get nodeapprovals -o wide
+echo
+echo "status.nodes of corp (the audit; the pre-auth key itself is only in its Secret):"
+kubectl -n "$NS" get headscaleserver corp -o jsonpath='{.status.nodes}' | python3 -m json.tool
+echo
+kubectl -n "$NS" get events --field-selector involvedObject.kind=NodeApproval
+echo
+kubectl -n "$NS" get events --field-selector reason=UnexpectedNode
+echo
+echo "Headscale's own list of nodes (headscale nodes list):"
+hscli nodes list -o json | python3 -c '
+import json, sys
+for n in json.load(sys.stdin):
+    user = (n.get("user") or {}).get("name")
+    print("  id", n.get("id"), n.get("name"), "user", user, "online", n.get("online", False))'
 echo
 echo "Headscale itself says: $(curl -s "$url/version")"
 echo
@@ -103,7 +142,7 @@ if [ "$keep" = 1 ]; then
 Everything keeps running. To look around:
   . $DEMO/cluster/env          # KUBECONFIG and friends
   export PATH=$HSOP_K8S_BIN:\$PATH
-  kubectl -n $NS get hss,hsacl -o wide
+  kubectl -n $NS get hss,hsacl,hsna -o wide
   curl $(cat "$DEMO/operator/operator.url")/metrics
   tail -f $DEMO/operator/operator.log
 Stop it all with: e2e/demo.sh --down

@@ -302,7 +302,17 @@ async fn reconcile_inner(hs: &HeadscaleServer, state: &State) -> Result<Action, 
         }
     }
     ctx.clear_failures(&format!("audit/{key}"));
-    Ok(Action::requeue(ctx.settings.resync))
+    // A node too new to be judged is judged as soon as it may be, not a resync later.
+    let settling = nodes.iter().any(|n| {
+        n.created_at.is_some_and(|c| {
+            now.duration_since(c) < jiff::SignedDuration::try_from(audit::SETTLE).unwrap_or_default()
+        })
+    });
+    Ok(Action::requeue(if settling {
+        ctx.settings.resync.min(audit::SETTLE)
+    } else {
+        ctx.settings.resync
+    }))
 }
 
 pub fn error_policy(hs: Arc<HeadscaleServer>, error: &Error, state: Arc<State>) -> Action {
