@@ -64,7 +64,7 @@ struct RunArgs {
     max_backoff_seconds: u64,
     /// How long the policy controller waits for further fragment changes before it
     /// merges and applies, in milliseconds.
-    #[arg(long, env = "HSOP_POLICY_DEBOUNCE_MS", default_value_t = 500)]
+    #[arg(long, env = "HSOP_POLICY_DEBOUNCE_MS", default_value_t = 250)]
     policy_debounce_ms: u64,
     /// Reconcile only while holding a Lease, so several replicas can run.
     #[arg(long, env = "HSOP_LEADER_ELECTION", default_value_t = false)]

@@ -119,19 +119,29 @@ async fn external_server_is_ready_on_every_supported_version() {
         assert_eq!(status.observed_generation, obj.metadata.generation);
         assert_eq!(condition(&obj, "Stalled").0, "False");
         wait_event(&client, &ns, "corp", "Normal", "Ready").await;
-        // The policy controller reports on the same status (no AclPolicy: Headscale's
-        // own policy is left alone); the steady state starts once both have written.
+        // Three controllers report on this status (server, policy and nodes, each its
+        // own fields): the steady state starts once all have written, i.e. once the
+        // object stops changing for longer than a resync.
         let api = Api::<HeadscaleServer>::namespaced(client.clone(), &ns);
-        let obj = wait_for("PolicyApplied=False NoAclPolicies", WAIT, || async {
-            let hs = api.get("corp").await.map_err(|e| e.to_string())?;
-            let reason = hs
+        let obj = wait_for("the server's status to settle", WAIT, || async {
+            let before = api.get("corp").await.map_err(|e| e.to_string())?;
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            let after = api.get("corp").await.map_err(|e| e.to_string())?;
+            let policy = after
                 .status
                 .as_ref()
                 .and_then(|s| s.conditions.iter().find(|c| c.type_ == "PolicyApplied"))
                 .map(|c| c.reason.clone());
-            match reason.as_deref() {
-                Some("NoAclPolicies") => Ok(hs),
-                other => Err(format!("{other:?}")),
+            if before.resource_version() == after.resource_version()
+                && policy.as_deref() == Some("NoAclPolicies")
+            {
+                Ok(after)
+            } else {
+                Err(format!(
+                    "{:?} -> {:?}, PolicyApplied {policy:?}",
+                    before.resource_version(),
+                    after.resource_version()
+                ))
             }
         })
         .await;

@@ -38,7 +38,7 @@ impl Default for Settings {
             watch_namespace: None,
             resync: Duration::from_secs(60),
             max_backoff: Duration::from_secs(300),
-            policy_debounce: Duration::from_millis(500),
+            policy_debounce: Duration::from_millis(250),
         }
     }
 }

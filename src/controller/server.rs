@@ -14,8 +14,8 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
@@ -108,8 +108,17 @@ pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>) {
             Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client, ns)),
             None => (Api::all(client.clone()), Api::all(client)),
         };
-    let controller = Controller::new(servers, watcher::Config::default().any_semantic());
-    let store = controller.store();
+    // Only a new spec (generation) triggers a check: status writes (this controller's
+    // own, and the policy controller's after every policy it applies) do not, or each
+    // applied policy would cost a version and a key check. The Secret watch and the
+    // resync bring everything else.
+    let (store, writer) = reflector::store();
+    let triggers = watcher(servers, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    let controller = Controller::for_stream(triggers, store.clone());
 
     let store_for_secrets = store.clone();
     let controller = controller.watches(

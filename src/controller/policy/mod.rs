@@ -19,9 +19,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt, stream};
+use futures::{Stream, StreamExt, TryStreamExt, stream};
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Action, Controller};
@@ -43,6 +43,8 @@ use crate::policy;
 
 pub const CONTROLLER: &str = "policy";
 pub const FIELD_MANAGER: &str = "headscale-operator/policy";
+/// Status writes and Events sent at once after a merge (one per fragment).
+const PARALLEL_WRITES: usize = 8;
 
 /// Errors of the Kubernetes side of a reconcile. What is wrong with the fragments
 /// or what Headscale says is not an error here: it is an [`Outcome`] in status.
@@ -360,7 +362,8 @@ async fn reconcile_inner(hs: &HeadscaleServer, state: &State) -> Result<Action, 
         },
     };
 
-    // Status: the server's part, then every fragment's.
+    // Status: the server's part first (the record of what was applied, which the
+    // drift check reads), then the fragments' at once, then the Events.
     let now = Timestamp::now();
     let new = build::server_part(&old, hs.metadata.generation, &outcome, now);
     if new != old {
@@ -368,26 +371,52 @@ async fn reconcile_inner(hs: &HeadscaleServer, state: &State) -> Result<Action, 
     }
     count(ctx, &ns, &name, &old, &new, &outcome);
     log_outcome(&key, &outcome, new.condition != old.condition);
-    for event in build::server_events(&old, &new, &outcome) {
-        publish(ctx, &hs.object_ref(&()), event).await;
-    }
     let no_warnings = Vec::new();
-    for fragment in &fragments {
-        let id = object_key(&**fragment);
-        let old = fragment.status.clone().unwrap_or_default();
-        let warnings = built.warnings.get(&id).unwrap_or(&no_warnings);
-        let new = build::fragment_status(&old, &id, fragment.metadata.generation, &outcome, warnings, now);
-        if new != old {
-            patch_fragment(ctx, &ns, &fragment.name_any(), &new).await?;
-        }
-        if let Some(event) = build::transition_event(
+    let statuses: Vec<(&Arc<AclPolicy>, AclPolicyStatus, AclPolicyStatus)> = fragments
+        .iter()
+        .map(|fragment| {
+            let id = object_key(&**fragment);
+            let old = fragment.status.clone().unwrap_or_default();
+            let warnings = built.warnings.get(&id).unwrap_or(&no_warnings);
+            let new =
+                build::fragment_status(&old, &id, fragment.metadata.generation, &outcome, warnings, now);
+            (fragment, old, new)
+        })
+        .collect();
+    let writes: Vec<(String, AclPolicyStatus)> = statuses
+        .iter()
+        .filter(|(_, old, new)| new != old)
+        .map(|(fragment, _, new)| (fragment.name_any(), new.clone()))
+        .collect();
+    let ns_ref = ns.as_str();
+    stream::iter(
+        writes
+            .into_iter()
+            .map(|(name, status)| async move { patch_fragment(ctx, ns_ref, name, &status).await }),
+    )
+    .buffer_unordered(PARALLEL_WRITES)
+    .try_collect::<Vec<()>>()
+    .await?;
+    let mut events: Vec<(ObjectReference, Event)> = build::server_events(&old, &new, &outcome)
+        .into_iter()
+        .map(|e| (hs.object_ref(&()), e))
+        .collect();
+    events.extend(statuses.iter().filter_map(|(fragment, old, new)| {
+        build::transition_event(
             conditions::find(&old.conditions, conditions::READY),
             conditions::find(&new.conditions, conditions::READY),
             "MergePolicy",
-        ) {
-            publish(ctx, &fragment.object_ref(&()), event).await;
-        }
-    }
+        )
+        .map(|e| (fragment.object_ref(&()), e))
+    }));
+    stream::iter(
+        events
+            .into_iter()
+            .map(|(reference, event)| async move { publish(ctx, &reference, event).await }),
+    )
+    .buffer_unordered(PARALLEL_WRITES)
+    .collect::<Vec<()>>()
+    .await;
 
     let failures = format!("policy:{key}");
     Ok(match outcome {
@@ -655,7 +684,12 @@ async fn patch_server(ctx: &Context, ns: &str, name: &str, part: &ServerPart) ->
     }
 }
 
-async fn patch_fragment(ctx: &Context, ns: &str, name: &str, status: &AclPolicyStatus) -> Result<(), Error> {
+async fn patch_fragment(
+    ctx: &Context,
+    ns: &str,
+    name: String,
+    status: &AclPolicyStatus,
+) -> Result<(), Error> {
     let patch = json!({
         "apiVersion": AclPolicy::api_version(&()),
         "kind": AclPolicy::kind(&()),
@@ -664,7 +698,7 @@ async fn patch_fragment(ctx: &Context, ns: &str, name: &str, status: &AclPolicyS
     let api: Api<AclPolicy> = Api::namespaced(ctx.client.clone(), ns);
     match api
         .patch_status(
-            name,
+            &name,
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&patch),
         )
@@ -673,14 +707,11 @@ async fn patch_fragment(ctx: &Context, ns: &str, name: &str, status: &AclPolicyS
         Ok(_) => Ok(()),
         // Deleted meanwhile: its server is re-merged by the deletion's trigger.
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(source) => Err(Error::PatchFragmentStatus {
-            name: name.into(),
-            source,
-        }),
+        Err(source) => Err(Error::PatchFragmentStatus { name, source }),
     }
 }
 
-async fn publish(ctx: &Context, reference: &k8s_openapi::api::core::v1::ObjectReference, event: Event) {
+async fn publish(ctx: &Context, reference: &ObjectReference, event: Event) {
     if let Err(e) = ctx.recorder.publish(&event, reference).await {
         tracing::warn!(object = ?reference.name, error = %e, "failed to publish event");
     }
@@ -744,7 +775,7 @@ async fn reconcile_orphan(acl: Arc<AclPolicy>, ctx: Arc<Context>) -> Result<Acti
     let old = acl.status.clone().unwrap_or_default();
     let new = orphan_status(&old, acl.metadata.generation, server, &ns, Timestamp::now());
     if new != old {
-        patch_fragment(&ctx, &ns, &acl.name_any(), &new).await?;
+        patch_fragment(&ctx, &ns, acl.name_any(), &new).await?;
     }
     if let Some(event) = build::transition_event(
         conditions::find(&old.conditions, conditions::READY),
