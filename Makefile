@@ -10,11 +10,19 @@ test:
 tools:
 	e2e/tools.sh ensure
 
-# The client against a real Headscale with 1,000 fake nodes; prints figures. Not part of `make test`.
+# Benchmarks against real parts; they print figures. Not part of `make test`.
+#   client: the Headscale client against a real Headscale with 1,000 fake nodes.
+#   policy: kubectl apply of a changed AclPolicy -> served by Headscale, 50 fragments on
+#           5 servers, with its own control plane, chart and operator (p50/p99, API calls).
 bench:
 	e2e/tools.sh ensure >/dev/null
+	cargo build --quiet
 	eval "$$(e2e/tools.sh env)"; dir=$$(mktemp -d /tmp/hsop-bench.XXXXXX); \
-	  HSOP_E2E_DIR=$$dir cargo bench --bench client; rc=$$?; rm -rf $$dir; exit $$rc
+	  HSOP_E2E_DIR=$$dir cargo bench --bench client; rc=$$?; rm -rf $$dir; [ $$rc = 0 ] || exit $$rc; \
+	  dir=$$(mktemp -d /tmp/hsop-bench.XXXXXX); \
+	  HSOP_E2E_DIR=$$dir cargo bench --bench policy; rc=$$?; \
+	  for d in $$dir/hs-*; do e2e/headscale.sh stop $$d; done; e2e/operator.sh stop $$dir/operator; \
+	  e2e/cluster.sh down $$dir/cluster; rm -rf $$dir; exit $$rc
 
 crds:
 	cargo run --quiet -- crd --dir crds
