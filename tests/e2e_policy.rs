@@ -412,8 +412,10 @@ async fn two_fragments_merge_into_the_policy_headscale_serves() {
             assert!(fs.warnings.is_empty(), "{:?}", fs.warnings);
             s.wait_event(name, "Normal", "Applied").await;
         }
-        s.wait_event_saying(SERVER, "Normal", "PolicyApplied", &hash[..12])
-            .await;
+        // kube's event recorder folds repeats of one reason into a series that keeps the
+        // first note, so when the two fragments took two writes the Event names the first
+        // hash; the status above is the authority on what is applied.
+        s.wait_event(SERVER, "Normal", "PolicyApplied").await;
         // One write per merge that was served: usually one (the debounce catches both
         // fragments), two if the second arrived after the first merge was applied.
         let writes = s.policy_writes().await;
