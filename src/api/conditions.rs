@@ -42,9 +42,6 @@ pub mod reason {
     pub const POLICY_MODE_NOT_DATABASE: &str = "PolicyModeNotDatabase";
     /// Event: the served policy was changed outside the operator and ours re-applied.
     pub const POLICY_DRIFT_REPAIRED: &str = "PolicyDriftRepaired";
-    /// Event: the served policy was changed outside the operator and the desired one
-    /// is invalid, so there is nothing valid to restore.
-    pub const POLICY_DRIFT: &str = "PolicyDrift";
 
     // The nodes controller (NodeApproval `Ready`; its Events).
     /// An interactive registration was approved: the node is registered.

@@ -3,7 +3,7 @@
 //! ([`Outcome`]) to each fragment's status, the server's policy status and the
 //! Events. No Kubernetes client and no HTTP in here; the table tests below drive it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -591,14 +591,6 @@ pub fn server_events(old: &ServerPart, new: &ServerPart, outcome: &Outcome) -> V
         .collect()
 }
 
-/// The fragments named in a server's `status.policy`, for "was this ever applied".
-pub fn applied_fragments(part: &ServerPart) -> BTreeSet<&str> {
-    part.policy
-        .iter()
-        .flat_map(|p| p.fragments.iter().map(String::as_str))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -988,7 +980,6 @@ mod tests {
         assert_eq!(policy.applied_time, Some(Time(t("2026-01-01T00:00:01Z"))));
         let c = applied.condition.clone().unwrap();
         assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Applied"));
-        assert_eq!(applied_fragments(&applied).len(), 2);
 
         // Events: the write, not the condition flip as well.
         let events = server_events(
