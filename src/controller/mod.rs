@@ -91,3 +91,64 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
         nodes::run(ctx)
     );
 }
+
+/// A message cut to `max` bytes on a character boundary (Event notes are limited).
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut cut = max;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &s[..cut])
+}
+
+/// Publishes an Event; a failure to publish is logged, never fatal.
+pub async fn publish(
+    ctx: &Context,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    event: kube::runtime::events::Event,
+) {
+    if let Err(e) = ctx.recorder.publish(&event, reference).await {
+        tracing::warn!(object = ?reference.name, error = %e, "failed to publish event");
+    }
+}
+
+/// What every controller's error policy does: log, count by reason, a Warning Event on
+/// `reference` (when given), and a per-object exponential backoff keyed by `key`.
+pub fn reconcile_failed(
+    ctx: &Arc<Context>,
+    controller: &str,
+    key: &str,
+    reference: Option<k8s_openapi::api::core::v1::ObjectReference>,
+    reason: &'static str,
+    message: String,
+) -> kube::runtime::controller::Action {
+    tracing::warn!(%controller, object = %key, %reason, error = %message, "reconcile failed");
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&crate::metrics::ErrorLabels {
+            controller: controller.to_string(),
+            reason: reason.to_string(),
+        })
+        .inc();
+    let n = ctx.record_failure(key);
+    if let Some(reference) = reference {
+        let event = kube::runtime::events::Event {
+            type_: kube::runtime::events::EventType::Warning,
+            reason: reason.into(),
+            note: Some(truncate(&message, 1000)),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move { publish(&ctx, &reference, event).await });
+    }
+    kube::runtime::controller::Action::requeue(backoff::delay(
+        n,
+        Duration::from_secs(2),
+        ctx.settings.max_backoff,
+        backoff::jitter(),
+    ))
+}

@@ -20,8 +20,8 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::Context;
-use super::backoff;
 use super::connect;
+use super::{backoff, truncate};
 use crate::api::conditions::{self, reason};
 use crate::api::server::ExternalSpec;
 use crate::api::{HeadscaleServer, HeadscaleServerStatus};
@@ -484,49 +484,20 @@ pub fn transition_event(old: Option<&Condition>, new: Option<&Condition>) -> Opt
     })
 }
 
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut cut = max;
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}…", &s[..cut])
-}
-
 async fn publish(ctx: &Context, hs: &HeadscaleServer, event: Event) {
-    if let Err(e) = ctx.recorder.publish(&event, &hs.object_ref(&())).await {
-        tracing::warn!(server = %object_key(hs), error = %e, "failed to publish event");
-    }
+    super::publish(ctx, &hs.object_ref(&()), event).await
 }
 
 pub fn error_policy(hs: Arc<HeadscaleServer>, error: &Error, ctx: Arc<Context>) -> Action {
     let key = object_key(&hs);
-    tracing::warn!(server = %key, reason = error.reason(), error = %error, "reconcile failed");
-    ctx.metrics
-        .reconcile_errors
-        .get_or_create(&crate::metrics::ErrorLabels {
-            controller: CONTROLLER.into(),
-            reason: error.reason().into(),
-        })
-        .inc();
-    let n = ctx.record_failure(&key);
-    let event = Event {
-        type_: EventType::Warning,
-        reason: error.reason().into(),
-        note: Some(truncate(&error.to_string(), 1000)),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    let ctx2 = ctx.clone();
-    tokio::spawn(async move { publish(&ctx2, &hs, event).await });
-    Action::requeue(backoff::delay(
-        n,
-        Duration::from_secs(2),
-        ctx.settings.max_backoff,
-        backoff::jitter(),
-    ))
+    super::reconcile_failed(
+        &ctx,
+        CONTROLLER,
+        &key,
+        Some(hs.object_ref(&())),
+        error.reason(),
+        error.to_string(),
+    )
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use crate::api::approval::{AUTH_KEY_SECRET_KEY, ApprovedNode, IssuedKey, PreAuth
 use crate::api::conditions::{self, reason};
 use crate::api::server::EnrollmentSpec;
 use crate::api::{HeadscaleServer, NodeApproval, NodeApprovalStatus};
-use crate::controller::{backoff, connect};
+use crate::controller::{connect, truncate};
 use crate::headscale::{self, Node, PreAuthKey, PreAuthKeyId};
 use crate::metrics::Metrics;
 
@@ -783,50 +783,20 @@ pub fn transition_event(old: Option<&Condition>, new: Option<&Condition>) -> Opt
     })
 }
 
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut cut = max;
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}…", &s[..cut])
-}
-
 async fn publish(ctx: &crate::controller::Context, na: &NodeApproval, event: Event) {
-    if let Err(e) = ctx.recorder.publish(&event, &na.object_ref(&())).await {
-        tracing::warn!(approval = %object_key(na), error = %e, "failed to publish event");
-    }
+    crate::controller::publish(ctx, &na.object_ref(&()), event).await
 }
 
 pub fn error_policy(na: Arc<NodeApproval>, error: &Error, state: Arc<State>) -> Action {
-    let ctx = state.ctx.clone();
     let key = object_key(&*na);
-    tracing::warn!(approval = %key, reason = error.reason(), error = %error, "reconcile failed");
-    ctx.metrics
-        .reconcile_errors
-        .get_or_create(&crate::metrics::ErrorLabels {
-            controller: CONTROLLER.into(),
-            reason: error.reason().into(),
-        })
-        .inc();
-    let n = ctx.record_failure(&key);
-    let event = Event {
-        type_: EventType::Warning,
-        reason: error.reason().into(),
-        note: Some(truncate(&error.to_string(), 1000)),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    let ctx2 = ctx.clone();
-    tokio::spawn(async move { publish(&ctx2, &na, event).await });
-    Action::requeue(backoff::delay(
-        n,
-        Duration::from_secs(2),
-        ctx.settings.max_backoff,
-        backoff::jitter(),
-    ))
+    crate::controller::reconcile_failed(
+        &state.ctx,
+        CONTROLLER,
+        &key,
+        Some(na.object_ref(&())),
+        error.reason(),
+        error.to_string(),
+    )
 }
 
 #[cfg(test)]

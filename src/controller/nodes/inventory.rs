@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -19,7 +19,6 @@ use super::audit::{self, Expected, Policy};
 use super::{FIELD_MANAGER, State, object_key, reachable};
 use crate::api::conditions;
 use crate::api::{HeadscaleServer, NodeApproval};
-use crate::controller::backoff;
 use crate::headscale::{self, ExpiryChange, NodeId, PreAuthKeyId};
 use crate::metrics::{Metrics, NodeActionLabels, NodeCountLabels};
 
@@ -316,23 +315,8 @@ async fn reconcile_inner(hs: &HeadscaleServer, state: &State) -> Result<Action, 
 }
 
 pub fn error_policy(hs: Arc<HeadscaleServer>, error: &Error, state: Arc<State>) -> Action {
-    let ctx = state.ctx.clone();
-    let key = object_key(&*hs);
-    tracing::warn!(server = %key, reason = error.reason(), error = %error, "audit failed");
-    ctx.metrics
-        .reconcile_errors
-        .get_or_create(&crate::metrics::ErrorLabels {
-            controller: AUDIT.into(),
-            reason: error.reason().into(),
-        })
-        .inc();
-    let n = ctx.record_failure(&format!("audit/{key}"));
-    Action::requeue(backoff::delay(
-        n,
-        Duration::from_secs(2),
-        ctx.settings.max_backoff,
-        backoff::jitter(),
-    ))
+    let key = format!("audit/{}", object_key(&*hs));
+    crate::controller::reconcile_failed(&state.ctx, AUDIT, &key, None, error.reason(), error.to_string())
 }
 
 #[cfg(test)]
