@@ -79,6 +79,15 @@ struct RunArgs {
         default_value = "headscale-operator"
     )]
     leader_election_lease: String,
+    /// Image of the keyholder sidecar in managed servers' pods (the operator's own
+    /// image; the chart sets it).
+    #[arg(long, env = "HSOP_KEYHOLDER_IMAGE", default_value_t = headscale_operator::controller::default_keyholder_image())]
+    keyholder_image: String,
+    /// Reach a managed server at the URL in its `headscale.operator.dev/endpoint`
+    /// annotation instead of its Service. For an operator running outside the cluster
+    /// (development, tests); never needed in the cluster.
+    #[arg(long, env = "HSOP_ALLOW_ENDPOINT_ANNOTATION", default_value_t = false)]
+    allow_endpoint_annotation: bool,
 }
 
 #[tokio::main]
@@ -115,6 +124,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         resync: Duration::from_secs(args.resync_seconds.max(1)),
         max_backoff: Duration::from_secs(args.max_backoff_seconds.max(1)),
         policy_debounce: Duration::from_millis(args.policy_debounce_ms),
+        keyholder_image: args.keyholder_image,
+        allow_endpoint_annotation: args.allow_endpoint_annotation,
     };
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),

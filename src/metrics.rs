@@ -51,6 +51,12 @@ pub struct NodeCountLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// Kubernetes kind, e.g. `StatefulSet`.
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NodeActionLabels {
     pub namespace: String,
     pub name: String,
@@ -76,6 +82,8 @@ pub struct Metrics {
     pub nodes: Family<NodeCountLabels, Gauge>,
     /// Nodes the audit expired or deleted.
     pub node_actions: Family<NodeActionLabels, Counter>,
+    /// Writes (create or apply) of a managed server's children, by kind.
+    pub kube_writes: Family<KindLabels, Counter>,
     registry: Registry,
 }
 
@@ -93,6 +101,7 @@ impl Default for Metrics {
         let headscale_requests = Family::<HeadscaleCallLabels, Counter>::default();
         let nodes = Family::<NodeCountLabels, Gauge>::default();
         let node_actions = Family::<NodeActionLabels, Counter>::default();
+        let kube_writes = Family::<KindLabels, Counter>::default();
         let mut registry = Registry::with_prefix("headscale_operator");
         registry.register("reconciliations", "Reconciliations run", reconciles.clone());
         registry.register(
@@ -140,6 +149,11 @@ impl Default for Metrics {
             "Nodes the audit expired or deleted, by action",
             node_actions.clone(),
         );
+        registry.register(
+            "kube_writes",
+            "Objects of managed servers the operator created or applied, by kind (an idle resync writes none)",
+            kube_writes.clone(),
+        );
         Self {
             reconciles,
             reconcile_errors,
@@ -151,6 +165,7 @@ impl Default for Metrics {
             headscale_requests,
             nodes,
             node_actions,
+            kube_writes,
             registry,
         }
     }

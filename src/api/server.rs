@@ -178,6 +178,11 @@ pub struct SqliteSpec {
     /// Storage class of the volume claim; unset uses the cluster default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
+    /// Delete the volume (and with it every node, user and key of the server) when the
+    /// HeadscaleServer is deleted. Off by default: the claim `data-NAME-0` is kept, and
+    /// a server created again with the same name finds its state.
+    #[serde(default)]
+    pub delete_on_server_deletion: bool,
 }
 
 impl Default for SqliteSpec {
@@ -185,6 +190,7 @@ impl Default for SqliteSpec {
         Self {
             storage_size: default_storage_size(),
             storage_class_name: None,
+            delete_on_server_deletion: false,
         }
     }
 }
@@ -600,6 +606,14 @@ pub struct HeadscaleServerStatus {
     /// URL the operator reaches the server at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// Managed mode: the operator's API key (its id and expiry; never the key, which
+    /// stays in the Secret `NAME-api-key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<ApiKeyStatus>,
+    /// Managed mode: SHA-256 of the rendered config and the secrets the pod reads at
+    /// start, as stamped on the pod template (a change rolls the pod once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
     /// The ACL policy the operator applied to this server. Absent until the operator
     /// applied one (or found its merged policy already served): without it, and with
     /// no AclPolicy naming the server, the server's own policy is left alone.
@@ -610,6 +624,18 @@ pub struct HeadscaleServerStatus {
     /// manager `headscale-operator/nodes`), only when it changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nodes: Option<NodeInventory>,
+}
+
+/// The operator's API key for a managed server, as the keyholder sidecar reports it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyStatus {
+    /// Headscale's id of the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// When the key expires (RFC 3339); the keyholder rotates it before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiration: Option<String>,
 }
 
 /// Counts of the server's nodes and what the audit found.

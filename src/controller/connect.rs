@@ -1,13 +1,16 @@
-//! Reaching an external HeadscaleServer's API: the key from its Secret and a client
-//! for its URL. Every controller that talks to Headscale goes through here, so the
+//! Reaching a HeadscaleServer's API: the key from its Secret and a client for its URL
+//! (external: the spec's; managed: the Secret the keyholder fills and the endpoint the
+//! server controller verified). Every controller that talks to Headscale goes through here, so the
 //! key is read one way, never copied, and every request is counted.
 
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
 use kube::api::Api;
 
 use super::server::Outcome;
+use crate::api::HeadscaleServer;
 use crate::api::conditions::reason;
 use crate::api::server::ExternalSpec;
 use crate::headscale::{self, ClientConfig, Observer, Timings};
@@ -23,15 +26,52 @@ pub struct ReadSecretError {
     pub source: kube::Error,
 }
 
-/// The API key of an external server, or the outcome that explains why there is none.
+/// Where a server's API is and which Secret key holds the key for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Access {
+    pub url: String,
+    pub secret: String,
+    pub key: String,
+    /// Where the Secret comes from, for messages.
+    pub field: &'static str,
+}
+
+impl Access {
+    pub fn external(e: &ExternalSpec) -> Self {
+        Self {
+            url: e.url.clone(),
+            secret: e.api_key_secret_ref.name.clone(),
+            key: e.api_key_secret_ref.key.clone(),
+            field: "spec.external.apiKeySecretRef",
+        }
+    }
+
+    /// External: from the spec. Managed: the endpoint in status (the one the server
+    /// controller verified) and the Secret the keyholder sidecar fills.
+    pub fn of(hs: &HeadscaleServer) -> Option<Self> {
+        if let Some(e) = &hs.spec.external {
+            return Some(Self::external(e));
+        }
+        hs.spec.managed.as_ref()?;
+        let url = hs.status.as_ref()?.endpoint.clone()?;
+        Some(Self {
+            url,
+            secret: super::managed::build::Names::of(&hs.name_any()).api_key_secret,
+            key: super::managed::API_KEY_DATA.to_string(),
+            field: "the operator's API key Secret",
+        })
+    }
+}
+
+/// The API key of a server, or the outcome that explains why there is none.
 pub async fn api_key(
     client: &kube::Client,
     ns: &str,
-    external: &ExternalSpec,
+    access: &Access,
 ) -> Result<Result<SecretString, Outcome>, ReadSecretError> {
-    let secret_ref = &external.api_key_secret_ref;
+    let secret_ref = access;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let secret = match secrets.get_opt(&secret_ref.name).await {
+    let secret = match secrets.get_opt(&secret_ref.secret).await {
         Ok(secret) => secret,
         // The API server answered and refused (RBAC, a bad name): the user can see why.
         Err(kube::Error::Api(status)) => {
@@ -39,28 +79,43 @@ pub async fn api_key(
                 reason::SECRET_READ_FAILED,
                 format!(
                     "cannot read Secret {:?}: {} ({})",
-                    secret_ref.name, status.message, status.reason
+                    secret_ref.secret, status.message, status.reason
                 ),
                 false,
             )));
         }
         Err(source) => {
             return Err(ReadSecretError {
-                name: secret_ref.name.clone(),
+                name: secret_ref.secret.clone(),
                 source,
             });
         }
     };
-    Ok(read_key(secret.as_ref(), &secret_ref.name, &secret_ref.key))
+    read_key(secret.as_ref(), &secret_ref.secret, &secret_ref.key)
+        .map(Ok)
+        .or_else(|o| {
+            Ok(Err(match o {
+                Outcome::NotReady {
+                    reason: r @ reason::SECRET_NOT_FOUND,
+                    stalled,
+                    ..
+                } => Outcome::not_ready(
+                    r,
+                    format!("Secret {:?} ({}) does not exist", access.secret, access.field),
+                    stalled,
+                ),
+                other => other,
+            }))
+        })
 }
 
-/// A client for the external server's URL with `key`; an invalid URL is the user's to fix.
+/// A client for the server's URL with `key`; an invalid URL is the user's to fix.
 pub fn client(
-    external: &ExternalSpec,
+    access: &Access,
     key: SecretString,
     config: ClientConfig,
 ) -> Result<headscale::Client, Outcome> {
-    headscale::Client::with_config(&external.url, key, config)
+    headscale::Client::with_config(&access.url, key, config)
         .map_err(|e| Outcome::not_ready(reason::INVALID_SPEC, e.to_string(), true))
 }
 
@@ -93,7 +148,7 @@ pub fn read_key(secret: Option<&Secret>, name: &str, key: &str) -> Result<Secret
     let Some(secret) = secret else {
         return Err(Outcome::not_ready(
             reason::SECRET_NOT_FOUND,
-            format!("Secret {name:?} (spec.external.apiKeySecretRef) does not exist"),
+            format!("Secret {name:?} does not exist"),
             true,
         ));
     };

@@ -3,6 +3,7 @@
 
 pub mod backoff;
 pub mod connect;
+pub mod managed;
 pub mod nodes;
 pub mod policy;
 pub mod server;
@@ -30,6 +31,11 @@ pub struct Settings {
     /// How long the policy controller waits for more fragment changes before it
     /// merges (`kubectl apply -f dir/` of several fragments makes one write).
     pub policy_debounce: Duration,
+    /// Image of the keyholder sidecar in managed servers' pods (the operator's own).
+    pub keyholder_image: String,
+    /// Honour the `headscale.operator.dev/endpoint` annotation on managed servers
+    /// (an operator outside the cluster cannot resolve Service names). Off in the chart.
+    pub allow_endpoint_annotation: bool,
 }
 
 impl Default for Settings {
@@ -39,8 +45,18 @@ impl Default for Settings {
             resync: Duration::from_secs(60),
             max_backoff: Duration::from_secs(300),
             policy_debounce: Duration::from_millis(250),
+            keyholder_image: default_keyholder_image(),
+            allow_endpoint_annotation: false,
         }
     }
+}
+
+/// The operator's image at this version, for the keyholder sidecar.
+pub fn default_keyholder_image() -> String {
+    format!(
+        "ghcr.io/headscale-operator/headscale-operator:{}",
+        env!("CARGO_PKG_VERSION")
+    )
 }
 
 /// What every reconcile shares.

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams};
@@ -21,6 +22,7 @@ use serde_json::json;
 
 use super::Context;
 use super::connect;
+use super::managed;
 use super::{backoff, truncate};
 use crate::api::conditions::{self, reason};
 use crate::api::server::ExternalSpec;
@@ -42,6 +44,14 @@ pub enum Error {
     PatchStatus(#[source] kube::Error),
     #[error("object has no namespace")]
     MissingNamespace,
+    #[error("{what}: {source}")]
+    Kube {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("building an object: {0}")]
+    Build(String),
 }
 
 impl Error {
@@ -50,6 +60,8 @@ impl Error {
             Error::ReadSecret(_) => "ReadSecret",
             Error::PatchStatus(_) => "PatchStatus",
             Error::MissingNamespace => "MissingNamespace",
+            Error::Kube { .. } => "KubeApi",
+            Error::Build(_) => "Build",
         }
     }
 }
@@ -130,11 +142,18 @@ pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>) {
             store_for_secrets
                 .state()
                 .into_iter()
-                .filter(|hs| hs.namespace() == ns && references_secret(&hs.spec.external, &name))
+                .filter(|hs| hs.namespace() == ns && references_secret(hs, &name))
                 .map(|hs| ObjectRef::from_obj(&*hs))
                 .collect::<Vec<_>>()
         },
     );
+
+    // A managed server's StatefulSet reports its pod's readiness and rollouts.
+    let statefulsets: Api<StatefulSet> = match &ctx.settings.watch_namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    let controller = controller.owns(statefulsets, watcher::Config::default().any_semantic());
 
     // headscale_operator_server_ready follows the cache, so deleted servers leave it.
     let metrics_store = store.clone();
@@ -194,10 +213,25 @@ pub fn refresh_ready_metric(metrics: &Metrics, servers: &[Arc<HeadscaleServer>])
     }
 }
 
-fn references_secret(external: &Option<ExternalSpec>, secret: &str) -> bool {
-    external
-        .as_ref()
-        .is_some_and(|e| e.api_key_secret_ref.name == secret)
+/// Whether a change of Secret `secret` concerns the server: an external server's API
+/// key; a managed server's generated Secrets and the Secrets its pod mounts.
+fn references_secret(hs: &HeadscaleServer, secret: &str) -> bool {
+    if let Some(e) = &hs.spec.external {
+        return e.api_key_secret_ref.name == secret;
+    }
+    let Some(m) = &hs.spec.managed else {
+        return false;
+    };
+    let names = managed::build::Names::of(&hs.name_any());
+    names.keys_secret == secret
+        || names.api_key_secret == secret
+        || m.oidc
+            .as_ref()
+            .is_some_and(|o| o.client_secret_ref.name == secret)
+        || m.database
+            .postgres
+            .as_ref()
+            .is_some_and(|p| p.password_secret_ref.name == secret)
 }
 
 fn object_key(hs: &HeadscaleServer) -> String {
@@ -220,19 +254,26 @@ async fn reconcile_inner(hs: &HeadscaleServer, ctx: &Context) -> Result<Action, 
     let ns = hs.namespace().ok_or(Error::MissingNamespace)?;
     let key = object_key(hs);
 
-    // Dereference and probe.
-    let outcome = match &hs.spec.external {
-        Some(external) => observe_external(ctx, &ns, external).await?,
-        None => Outcome::not_ready(
-            reason::NOT_IMPLEMENTED,
-            "managed mode is not implemented yet; use spec.external to govern an existing Headscale",
-            true,
+    // Dereference and probe (managed: also apply the server's children).
+    let (outcome, extra) = match (&hs.spec.external, &hs.spec.managed) {
+        (Some(external), _) => (
+            observe_external(ctx, &ns, external).await?,
+            managed::Extra::default(),
+        ),
+        (None, Some(spec)) => managed::reconcile(ctx, hs, &ns, spec).await?,
+        (None, None) => (
+            Outcome::not_ready(reason::INVALID_SPEC, "set spec.managed or spec.external", true),
+            managed::Extra::default(),
         ),
     };
 
     // Build (pure).
     let old_status = hs.status.clone().unwrap_or_default();
-    let new_status = desired_status(hs, &old_status, &outcome, Timestamp::now());
+    let mut new_status = desired_status(hs, &old_status, &outcome, Timestamp::now());
+    if hs.spec.managed.is_some() {
+        new_status.api_key = extra.api_key.or(old_status.api_key.clone());
+        new_status.config_hash = extra.config_hash.or(old_status.config_hash.clone());
+    }
 
     // Apply status, only when it changed. Only this controller's part is compared
     // and written: `status.policy` and the `PolicyApplied` condition belong to the
@@ -306,11 +347,12 @@ fn log_outcome(hs: &HeadscaleServer, outcome: &Outcome, changed: bool) {
 
 /// Reads the API key and asks the server who it is and whether the key works.
 async fn observe_external(ctx: &Context, ns: &str, external: &ExternalSpec) -> Result<Outcome, Error> {
-    let api_key = match connect::api_key(&ctx.client, ns, external).await? {
+    let access = connect::Access::external(external);
+    let api_key = match connect::api_key(&ctx.client, ns, &access).await? {
         Ok(k) => k,
         Err(outcome) => return Ok(outcome.with_endpoint(&external.url)),
     };
-    match connect::client(external, api_key, connect::client_config(&ctx.metrics)) {
+    match connect::client(&access, api_key, connect::client_config(&ctx.metrics)) {
         Ok(client) => Ok(probe(&client).await),
         Err(outcome) => Ok(outcome),
     }
@@ -378,6 +420,8 @@ pub fn desired_status(
         // the best answer to "what runs there".
         version: old.version.clone(),
         endpoint: old.endpoint.clone(),
+        api_key: old.api_key.clone(),
+        config_hash: old.config_hash.clone(),
         policy: None,
         nodes: None,
     };

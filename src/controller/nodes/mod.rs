@@ -24,7 +24,6 @@ use super::Context;
 use super::connect;
 use super::server::Outcome as ServerOutcome;
 use crate::api::conditions;
-use crate::api::server::ExternalSpec;
 use crate::api::{HeadscaleServer, NodeApproval};
 use crate::headscale;
 
@@ -47,16 +46,16 @@ impl State {
         ns: &str,
         hs: &HeadscaleServer,
     ) -> Result<Result<headscale::Client, String>, connect::ReadSecretError> {
-        let external = match reachable(hs) {
-            Ok(e) => e,
+        let access = match reachable(hs) {
+            Ok(a) => a,
             Err(why) => return Ok(Err(why)),
         };
-        let api_key = match connect::api_key(&self.ctx.client, ns, external).await? {
+        let api_key = match connect::api_key(&self.ctx.client, ns, &access).await? {
             Ok(k) => k,
             Err(outcome) => return Ok(Err(outcome_message(&outcome))),
         };
         let fingerprint: [u8; 32] =
-            Sha256::digest(format!("{}\n{}", external.url, api_key.expose()).as_bytes()).into();
+            Sha256::digest(format!("{}\n{}", access.url, api_key.expose()).as_bytes()).into();
         let key = format!("{ns}/{}", hs.name_any());
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((f, c)) = clients.get(&key)
@@ -64,7 +63,7 @@ impl State {
         {
             return Ok(Ok(c.clone()));
         }
-        match connect::client(external, api_key, connect::client_config(&self.ctx.metrics)) {
+        match connect::client(&access, api_key, connect::client_config(&self.ctx.metrics)) {
             Ok(c) => {
                 clients.insert(key, (fingerprint, c.clone()));
                 Ok(Ok(c))
@@ -81,17 +80,19 @@ fn outcome_message(outcome: &ServerOutcome) -> String {
     }
 }
 
-/// The server's external spec when the operator can act on it now, else why not.
-pub fn reachable(hs: &HeadscaleServer) -> Result<&ExternalSpec, String> {
-    let Some(external) = &hs.spec.external else {
-        return Err("the server is managed, and managed mode is not implemented yet".into());
-    };
+/// How to reach the server when the operator can act on it now, else why not.
+pub fn reachable(hs: &HeadscaleServer) -> Result<connect::Access, String> {
     let ready = hs
         .status
         .as_ref()
         .and_then(|s| conditions::find(&s.conditions, conditions::READY));
     match ready {
-        Some(c) if c.status == "True" => Ok(external),
+        Some(c) if c.status == "True" => connect::Access::of(hs).ok_or_else(|| {
+            format!(
+                "HeadscaleServer {} has no endpoint in its status yet",
+                hs.name_any()
+            )
+        }),
         Some(c) => Err(format!(
             "HeadscaleServer {} is not Ready ({}: {})",
             hs.name_any(),

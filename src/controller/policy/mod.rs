@@ -35,7 +35,6 @@ use self::build::{Outcome, Plan, ServerPart, Source, Unreadable};
 use super::server::Outcome as ServerOutcome;
 use super::{Context, backoff, connect};
 use crate::api::conditions::{self, reason};
-use crate::api::server::ExternalSpec;
 use crate::api::{AclPolicy, AclPolicyStatus, HeadscaleServer};
 use crate::headscale;
 use crate::metrics::{ErrorLabels, Metrics, RejectionLabels};
@@ -115,9 +114,9 @@ impl State {
         key: &str,
         ns: &str,
         hs: &HeadscaleServer,
-        external: &ExternalSpec,
+        access: &connect::Access,
     ) -> Result<Result<headscale::Client, String>, Error> {
-        let api_key = match connect::api_key(&self.ctx.client, ns, external).await? {
+        let api_key = match connect::api_key(&self.ctx.client, ns, access).await? {
             Ok(k) => k,
             Err(outcome) => return Ok(Err(outcome_message(&outcome))),
         };
@@ -127,14 +126,14 @@ impl State {
             .and_then(|s| s.version.clone())
             .unwrap_or_default();
         let fingerprint =
-            policy::sha256_hex(format!("{}\n{}\n{version}", external.url, api_key.expose()).as_bytes());
+            policy::sha256_hex(format!("{}\n{}\n{version}", access.url, api_key.expose()).as_bytes());
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((f, c)) = clients.get(key)
             && *f == fingerprint
         {
             return Ok(Ok(c.clone()));
         }
-        match connect::client(external, api_key, connect::client_config(&self.ctx.metrics)) {
+        match connect::client(access, api_key, connect::client_config(&self.ctx.metrics)) {
             Ok(c) => {
                 clients.insert(key.to_string(), (fingerprint, c.clone()));
                 Ok(Ok(c))
@@ -358,7 +357,7 @@ async fn reconcile_inner(hs: &HeadscaleServer, state: &State) -> Result<Action, 
                 message,
                 desired: desired.merged.hash().to_string(),
             },
-            Ok(external) => apply(state, &key, &ns, hs, external, desired, &old).await?,
+            Ok(access) => apply(state, &key, &ns, hs, &access, desired, &old).await?,
         },
     };
 
@@ -438,20 +437,19 @@ async fn reconcile_inner(hs: &HeadscaleServer, state: &State) -> Result<Action, 
     })
 }
 
-/// The server's external spec when the policy can be applied now, else why not.
-fn reachable(hs: &HeadscaleServer) -> Result<&ExternalSpec, String> {
-    let Some(external) = &hs.spec.external else {
-        return Err(
-            "the server is managed, and managed mode is not implemented yet: its policy cannot be applied"
-                .into(),
-        );
-    };
+/// How to reach the server when the policy can be applied now, else why not.
+fn reachable(hs: &HeadscaleServer) -> Result<connect::Access, String> {
     let ready = hs
         .status
         .as_ref()
         .and_then(|s| conditions::find(&s.conditions, conditions::READY));
     match ready {
-        Some(c) if c.status == "True" => Ok(external),
+        Some(c) if c.status == "True" => connect::Access::of(hs).ok_or_else(|| {
+            format!(
+                "HeadscaleServer {} has no endpoint in its status yet; the policy is applied once it has",
+                hs.name_any()
+            )
+        }),
         Some(c) => Err(format!(
             "HeadscaleServer {} is not Ready ({}: {}); the policy is applied once it is",
             hs.name_any(),
@@ -527,7 +525,7 @@ async fn apply(
     key: &str,
     ns: &str,
     hs: &HeadscaleServer,
-    external: &ExternalSpec,
+    access: &connect::Access,
     desired: &build::Desired,
     old: &ServerPart,
 ) -> Result<Outcome, Error> {
@@ -554,7 +552,7 @@ async fn apply(
             .map(|t| t.0);
         return Ok(served(at, false, false));
     }
-    let client = match state.client_for(key, ns, hs, external).await? {
+    let client = match state.client_for(key, ns, hs, access).await? {
         Ok(c) => c,
         Err(message) => {
             return Ok(Outcome::ServerNotReady {
@@ -991,9 +989,15 @@ mod tests {
                 .contains("not been checked")
         );
         assert!(
-            reachable(&server(managed, Some("False")))
+            reachable(&server(managed.clone(), Some("False")))
                 .unwrap_err()
-                .contains("managed")
+                .contains("not Ready")
+        );
+        // Ready but no endpoint recorded: nothing to reach yet.
+        assert!(
+            reachable(&server(managed, Some("True")))
+                .unwrap_err()
+                .contains("no endpoint")
         );
     }
 }

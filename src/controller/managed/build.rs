@@ -1,0 +1,455 @@
+//! The objects a managed HeadscaleServer consists of. Pure: from the server, its
+//! rendered config and the hashes of what the pod mounts, to the JSON the operator
+//! applies with server-side apply.
+//!
+//! One server `NAME` in namespace `NS` owns (all with a controller owner reference,
+//! so the garbage collector removes them with the server):
+//!
+//! | object | name | what |
+//! |---|---|---|
+//! | ConfigMap | `NAME-config` | `config.yaml`, the rendered config (no secret in it) |
+//! | Secret | `NAME-keys` | `noise.key`, `derp.key`: generated once, never overwritten |
+//! | Secret | `NAME-api-key` | the operator's API key, written by the keyholder sidecar |
+//! | ServiceAccount | `NAME-headscale` | the pod's identity; its token is mounted in the keyholder only |
+//! | Role, RoleBinding | `NAME-keyholder` | get/watch/patch of `NAME-api-key`, nothing else |
+//! | Service | `NAME` | `http` 8080 (control protocol and API), `metrics` 9090, `stun` 3478/UDP |
+//! | StatefulSet | `NAME` | one replica: `headscale` and `keyholder` containers |
+//! | PersistentVolumeClaim | `data-NAME-0` | SQLite volume, from the StatefulSet's claim template |
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use kube::{Resource, ResourceExt};
+use serde_json::{Value, json};
+
+use crate::api::HeadscaleServer;
+use crate::api::server::{DatabaseType, ManagedSpec};
+
+pub const HTTP_PORT: u16 = 8080;
+pub const METRICS_PORT: u16 = 9090;
+pub const STUN_PORT: u16 = 3478;
+
+/// Where the pod mounts what (the rendered config names the same paths).
+pub mod paths {
+    pub const CONFIG_DIR: &str = "/etc/headscale/config";
+    pub const CONFIG_FILE: &str = "/etc/headscale/config/config.yaml";
+    pub const KEYS_DIR: &str = "/etc/headscale/keys";
+    pub const OIDC_DIR: &str = "/etc/headscale/oidc";
+    pub const DATA_DIR: &str = "/var/lib/headscale";
+    pub const SOCKET_DIR: &str = "/var/run/headscale";
+    pub const SOCKET: &str = "/var/run/headscale/headscale.sock";
+    pub const SA_TOKEN_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+}
+
+/// Keys of the generated keys Secret.
+pub const NOISE_KEY: &str = "noise.key";
+pub const DERP_KEY: &str = "derp.key";
+/// Key of the OIDC client secret file in its mount.
+pub const OIDC_SECRET_FILE: &str = "client_secret";
+/// Key of the config in the ConfigMap.
+pub const CONFIG_KEY: &str = "config.yaml";
+/// Pod template annotation: hash of everything the pod reads at start. A change of it
+/// is the one and only reason the pod is rolled.
+pub const CONFIG_HASH_ANNOTATION: &str = "headscale.operator.dev/config-hash";
+/// Annotation on every applied child: hash of the desired object. Equal means the
+/// apply would change nothing, so it is skipped (an idle resync writes nothing).
+pub const APPLIED_HASH_ANNOTATION: &str = "headscale.operator.dev/applied-hash";
+
+/// The longest server name: a StatefulSet's name plus the controller-revision-hash
+/// label suffix must fit in 63 characters.
+pub const MAX_NAME_LEN: usize = 52;
+
+/// The names of a server's children.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Names {
+    pub statefulset: String,
+    pub service: String,
+    pub config_map: String,
+    pub keys_secret: String,
+    pub api_key_secret: String,
+    pub service_account: String,
+    pub role: String,
+    pub pvc: String,
+}
+
+impl Names {
+    pub fn of(server: &str) -> Self {
+        Self {
+            statefulset: server.to_string(),
+            service: server.to_string(),
+            config_map: format!("{server}-config"),
+            keys_secret: format!("{server}-keys"),
+            api_key_secret: format!("{server}-api-key"),
+            service_account: format!("{server}-headscale"),
+            role: format!("{server}-keyholder"),
+            pvc: format!("data-{server}-0"),
+        }
+    }
+}
+
+/// Settings of the operator that shape the pod.
+#[derive(Clone, Debug)]
+pub struct PodSettings {
+    /// Image of the keyholder sidecar (the operator's own image).
+    pub keyholder_image: String,
+}
+
+/// What the build needs besides the server.
+pub struct Inputs<'a> {
+    pub config_yaml: &'a str,
+    /// SHA-256 over the config and every Secret value the pod reads at start.
+    pub config_hash: &'a str,
+    /// The claim templates of the existing StatefulSet: they are immutable, so an
+    /// existing StatefulSet keeps its own.
+    pub existing_claims: Option<Value>,
+    pub settings: &'a PodSettings,
+}
+
+/// The labels every child carries; the selector uses the first two.
+pub fn selector_labels(hs: &HeadscaleServer) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), "headscale".to_string()),
+        ("app.kubernetes.io/instance".to_string(), hs.name_any()),
+    ])
+}
+
+fn labels(hs: &HeadscaleServer, component: &str) -> BTreeMap<String, String> {
+    let mut l = selector_labels(hs);
+    l.insert("app.kubernetes.io/managed-by".into(), "headscale-operator".into());
+    l.insert("app.kubernetes.io/component".into(), component.into());
+    l
+}
+
+fn owner(hs: &HeadscaleServer) -> Value {
+    json!([{
+        "apiVersion": HeadscaleServer::api_version(&()),
+        "kind": HeadscaleServer::kind(&()),
+        "name": hs.name_any(),
+        "uid": hs.uid().unwrap_or_default(),
+        "controller": true,
+    }])
+}
+
+fn metadata(hs: &HeadscaleServer, name: &str, component: &str) -> Value {
+    json!({
+        "name": name,
+        "namespace": hs.namespace(),
+        "labels": labels(hs, component),
+        "ownerReferences": owner(hs),
+    })
+}
+
+/// The container image for the spec's version (`v0.29.2` and `0.29.2` alike give
+/// the tag `0.29.2`, as Headscale publishes them).
+pub fn image(spec: &ManagedSpec) -> String {
+    format!("{}:{}", spec.image, spec.version.trim_start_matches('v'))
+}
+
+pub fn config_map(hs: &HeadscaleServer, names: &Names, config_yaml: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(hs, &names.config_map, "config"),
+        "data": { CONFIG_KEY: config_yaml },
+    })
+}
+
+/// The generated keys Secret, created once and never overwritten.
+pub fn keys_secret(hs: &HeadscaleServer, names: &Names, noise: &str, derp: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata(hs, &names.keys_secret, "keys"),
+        "type": "Opaque",
+        "stringData": { NOISE_KEY: noise, DERP_KEY: derp },
+    })
+}
+
+/// The API key Secret, created empty; the keyholder fills it.
+pub fn api_key_secret(hs: &HeadscaleServer, names: &Names) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata(hs, &names.api_key_secret, "api-key"),
+        "type": "Opaque",
+    })
+}
+
+pub fn service_account(hs: &HeadscaleServer, names: &Names) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": metadata(hs, &names.service_account, "headscale"),
+        // Only the keyholder container gets a token (a projected volume below).
+        "automountServiceAccountToken": false,
+    })
+}
+
+/// The keyholder may read and patch the one Secret it fills; nothing else.
+pub fn role(hs: &HeadscaleServer, names: &Names) -> Value {
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": metadata(hs, &names.role, "keyholder"),
+        "rules": [{
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": [names.api_key_secret],
+            "verbs": ["get", "list", "watch", "patch"],
+        }],
+    })
+}
+
+pub fn role_binding(hs: &HeadscaleServer, names: &Names) -> Value {
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": metadata(hs, &names.role, "keyholder"),
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": names.role,
+        },
+        "subjects": [{
+            "kind": "ServiceAccount",
+            "name": names.service_account,
+            "namespace": hs.namespace(),
+        }],
+    })
+}
+
+pub fn service(hs: &HeadscaleServer, names: &Names, spec: &ManagedSpec) -> Value {
+    let mut ports = vec![
+        json!({"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"}),
+        json!({"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"}),
+    ];
+    if spec.derp.embedded {
+        ports.push(json!({"name": "stun", "port": STUN_PORT, "targetPort": "stun", "protocol": "UDP"}));
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(hs, &names.service, "headscale"),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(hs),
+            "ports": ports,
+        },
+    })
+}
+
+/// The claim template for SQLite, or none for Postgres.
+fn claim_templates(spec: &ManagedSpec) -> Value {
+    if spec.database.type_ != DatabaseType::Sqlite {
+        return json!([]);
+    }
+    let sqlite = &spec.database.sqlite;
+    let mut claim_spec = json!({
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": sqlite.storage_size}},
+    });
+    if let Some(class) = &sqlite.storage_class_name {
+        claim_spec["storageClassName"] = json!(class);
+    }
+    json!([{
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "data"},
+        "spec": claim_spec,
+    }])
+}
+
+pub fn statefulset(hs: &HeadscaleServer, names: &Names, spec: &ManagedSpec, input: &Inputs) -> Value {
+    let sqlite = spec.database.type_ == DatabaseType::Sqlite;
+    let restricted = json!({
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "runAsNonRoot": true,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    });
+
+    let mut volumes = vec![
+        json!({"name": "config", "configMap": {"name": names.config_map}}),
+        // 0400: with fsGroup the kubelet adds group read for the non-root user.
+        json!({"name": "keys", "secret": {"secretName": names.keys_secret, "defaultMode": 0o400}}),
+        json!({"name": "socket", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
+        json!({"name": "keyholder-token", "projected": {"defaultMode": 0o400, "sources": [
+            {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}},
+            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+        ]}}),
+    ];
+    let mut mounts = vec![
+        json!({"name": "config", "mountPath": paths::CONFIG_DIR, "readOnly": true}),
+        json!({"name": "keys", "mountPath": paths::KEYS_DIR, "readOnly": true}),
+        json!({"name": "socket", "mountPath": paths::SOCKET_DIR}),
+        json!({"name": "data", "mountPath": paths::DATA_DIR}),
+    ];
+    if !sqlite {
+        // Postgres keeps the state; Headscale still wants a writable data directory.
+        volumes.push(json!({"name": "data", "emptyDir": {}}));
+    }
+    if let Some(oidc) = &spec.oidc {
+        volumes.push(json!({"name": "oidc", "secret": {
+            "secretName": oidc.client_secret_ref.name,
+            "defaultMode": 0o400,
+            "items": [{"key": oidc.client_secret_ref.key, "path": OIDC_SECRET_FILE}],
+        }}));
+        mounts.push(json!({"name": "oidc", "mountPath": paths::OIDC_DIR, "readOnly": true}));
+    }
+    let mut env = vec![];
+    if let (false, Some(pg)) = (sqlite, &spec.database.postgres) {
+        env.push(
+            json!({"name": crate::render::POSTGRES_PASSWORD_ENV, "valueFrom": {"secretKeyRef": {
+                "name": pg.password_secret_ref.name, "key": pg.password_secret_ref.key,
+            }}}),
+        );
+    }
+
+    let mut ports = vec![
+        json!({"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}),
+        json!({"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}),
+    ];
+    if spec.derp.embedded {
+        ports.push(json!({"name": "stun", "containerPort": STUN_PORT, "protocol": "UDP"}));
+    }
+    let probe = |period: u32, failures: u32| {
+        json!({
+            "httpGet": {"path": "/health", "port": "http"},
+            "periodSeconds": period,
+            "timeoutSeconds": 3,
+            "failureThreshold": failures,
+        })
+    };
+    let mut headscale = json!({
+        "name": "headscale",
+        "image": image(spec),
+        "args": ["serve", "--config", paths::CONFIG_FILE],
+        "ports": ports,
+        "env": env,
+        "volumeMounts": mounts,
+        "startupProbe": probe(2, 60),
+        "readinessProbe": probe(5, 3),
+        "livenessProbe": probe(10, 6),
+        "securityContext": restricted,
+        // A fatal start shows its last log lines in the container status.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    });
+    if let Some(resources) = &spec.pod.resources {
+        headscale["resources"] = json!(resources);
+    }
+    let keyholder = json!({
+        "name": "keyholder",
+        "image": input.settings.keyholder_image,
+        "args": keyholder_args(hs, names, spec),
+        "env": [{"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}],
+        "volumeMounts": [
+            {"name": "socket", "mountPath": paths::SOCKET_DIR},
+            {"name": "keyholder-token", "mountPath": paths::SA_TOKEN_DIR, "readOnly": true},
+        ],
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+        "securityContext": restricted,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    });
+
+    let mut annotations = spec.pod.annotations.clone();
+    annotations.insert(CONFIG_HASH_ANNOTATION.to_string(), input.config_hash.to_string());
+    let mut pod_spec = json!({
+        "serviceAccountName": names.service_account,
+        "automountServiceAccountToken": false,
+        "enableServiceLinks": false,
+        "securityContext": {
+            "runAsNonRoot": true,
+            "runAsUser": 65532,
+            "runAsGroup": 65532,
+            "fsGroup": 65532,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationGracePeriodSeconds": 30,
+        "containers": [headscale, keyholder],
+        "volumes": volumes,
+    });
+    if !spec.pod.node_selector.is_empty() {
+        pod_spec["nodeSelector"] = json!(spec.pod.node_selector);
+    }
+    if !spec.pod.tolerations.is_empty() {
+        pod_spec["tolerations"] = json!(spec.pod.tolerations);
+    }
+
+    let claims = input
+        .existing_claims
+        .clone()
+        .unwrap_or_else(|| claim_templates(spec));
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": metadata(hs, &names.statefulset, "headscale"),
+        "spec": {
+            // Exactly one: Headscale keeps nodes, sessions and registrations in memory
+            // and cannot share its database. A StatefulSet's rolling update deletes the
+            // old pod before it starts the new one, so two never run on one database.
+            "replicas": 1,
+            "serviceName": names.service,
+            "podManagementPolicy": "OrderedReady",
+            "updateStrategy": {"type": "RollingUpdate"},
+            "persistentVolumeClaimRetentionPolicy": {
+                "whenDeleted": if spec.database.sqlite.delete_on_server_deletion { "Delete" } else { "Retain" },
+                "whenScaled": "Retain",
+            },
+            "selector": {"matchLabels": selector_labels(hs)},
+            "template": {
+                "metadata": {"labels": labels(hs, "headscale"), "annotations": annotations},
+                "spec": pod_spec,
+            },
+            "volumeClaimTemplates": claims,
+        },
+    })
+}
+
+/// The keyholder's command line (see `keyholder --help`).
+pub fn keyholder_args(hs: &HeadscaleServer, names: &Names, spec: &ManagedSpec) -> Vec<String> {
+    let _ = hs;
+    vec![
+        "keyholder".into(),
+        "--socket".into(),
+        paths::SOCKET.into(),
+        "--secret".into(),
+        names.api_key_secret.clone(),
+        "--headscale-version".into(),
+        spec.version.trim_start_matches('v').to_string(),
+        "--key-lifetime".into(),
+        spec.api_key.lifetime.clone(),
+        "--rotate-before".into(),
+        spec.api_key.rotate_before.clone(),
+    ]
+}
+
+/// The claim templates of an existing StatefulSet, to keep them (they are immutable).
+pub fn existing_claims(sts: &StatefulSet) -> Option<Value> {
+    let templates = sts.spec.volume_claim_templates.as_ref()?;
+    let mut out = vec![];
+    for t in templates {
+        out.push(json!({
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": t.metadata.name},
+            "spec": {
+                "accessModes": t.spec.as_ref().and_then(|s| s.access_modes.clone()),
+                "resources": t.spec.as_ref().and_then(|s| s.resources.clone()),
+                "storageClassName": t.spec.as_ref().and_then(|s| s.storage_class_name.clone()),
+            },
+        }));
+    }
+    Some(Value::Array(out))
+}
+
+/// Adds the applied-hash annotation (the hash of the object without it) and returns it.
+pub fn stamp(mut obj: Value) -> (Value, String) {
+    let hash = crate::controller::managed::sha256_hex(obj.to_string().as_bytes());
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        let annotations = meta.entry("annotations").or_insert_with(|| json!({}));
+        annotations[APPLIED_HASH_ANNOTATION] = json!(hash);
+    }
+    (obj, hash)
+}
