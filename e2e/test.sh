@@ -64,13 +64,14 @@ helm install headscale-operator charts/headscale-operator --namespace headscale-
 kubectl -n headscale-operator-system get deploy,sa
 
 step "operator (with the chart's RBAC)"
-e2e/operator.sh start "$RUN/operator" "${owner[@]}" -- --resync-seconds 2 --max-backoff-seconds 4 --log-level info,headscale_operator=debug \
+e2e/operator.sh start "$RUN/operator" "${owner[@]}" -- --resync-seconds 2 --max-backoff-seconds 4 --allow-endpoint-annotation --log-level info,headscale_operator=debug \
   --leader-election --leader-election-namespace headscale-operator-system
 
 step "integration tests"
 HSOP_E2E_DIR=$RUN cargo test --test e2e -- --test-threads 4
 HSOP_E2E_DIR=$RUN cargo test --test e2e_policy -- --test-threads 4
 HSOP_E2E_DIR=$RUN cargo test --test e2e_nodes -- --test-threads 4
+HSOP_E2E_DIR=$RUN cargo test --test e2e_managed -- --test-threads 4
 HSOP_E2E_DIR=$RUN cargo test --test headscale_client -- --test-threads 2
 
 step "done in $((SECONDS - t0))s"

@@ -52,6 +52,8 @@ pub struct NodeCountLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
+    /// Namespace of the managed server.
+    pub namespace: String,
     /// Kubernetes kind, e.g. `StatefulSet`.
     pub kind: String,
 }

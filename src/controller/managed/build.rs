@@ -453,3 +453,140 @@ pub fn stamp(mut obj: Value) -> (Value, String) {
     }
     (obj, hash)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::HeadscaleServerSpec;
+
+    fn server(managed: Value) -> HeadscaleServer {
+        let spec: HeadscaleServerSpec = serde_json::from_value(json!({ "managed": managed })).unwrap();
+        let mut hs = HeadscaleServer::new("corp", spec);
+        hs.metadata.namespace = Some("vpn".into());
+        hs.metadata.uid = Some("u-1".into());
+        hs
+    }
+
+    fn sts(hs: &HeadscaleServer, hash: &str) -> Value {
+        let spec = hs.spec.managed.as_ref().unwrap();
+        let settings = PodSettings {
+            keyholder_image: "op:1".into(),
+        };
+        statefulset(
+            hs,
+            &Names::of("corp"),
+            spec,
+            &Inputs {
+                config_yaml: "x",
+                config_hash: hash,
+                existing_claims: None,
+                settings: &settings,
+            },
+        )
+    }
+
+    #[test]
+    fn one_replica_restricted_pod_and_the_keyholder_alone_has_a_token() {
+        let hs = server(json!({"version": "v0.29.2", "serverUrl": "https://hs.example.com"}));
+        let s = sts(&hs, "h1");
+        assert_eq!(s["spec"]["replicas"], 1);
+        assert_eq!(s["spec"]["updateStrategy"]["type"], "RollingUpdate");
+        assert_eq!(s["metadata"]["ownerReferences"][0]["uid"], "u-1");
+        let pod = &s["spec"]["template"]["spec"];
+        assert_eq!(pod["automountServiceAccountToken"], false);
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        let hs_c = &pod["containers"][0];
+        assert_eq!(hs_c["image"], "docker.io/headscale/headscale:0.29.2");
+        assert_eq!(hs_c["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(hs_c["readinessProbe"]["httpGet"]["path"], "/health");
+        let mounts = |c: &Value| -> Vec<String> {
+            c["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["name"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert!(!mounts(hs_c).contains(&"keyholder-token".to_string()));
+        let kh = &pod["containers"][1];
+        assert_eq!(mounts(kh), ["socket", "keyholder-token"]);
+        assert_eq!(kh["image"], "op:1");
+        let args: Vec<&str> = kh["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            &args[..5],
+            ["keyholder", "--socket", paths::SOCKET, "--secret", "corp-api-key"]
+        );
+        // Keys are mounted 0400 from the generated Secret, never from the ConfigMap.
+        let keys = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "keys")
+            .unwrap();
+        assert_eq!(keys["secret"]["defaultMode"], 0o400);
+        assert_eq!(
+            s["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION],
+            "h1"
+        );
+        assert_eq!(
+            s["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"],
+            "Retain"
+        );
+        assert_eq!(
+            s["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],
+            "1Gi"
+        );
+    }
+
+    #[test]
+    fn postgres_password_and_oidc_secret_come_from_the_users_secrets() {
+        let hs = server(json!({
+            "version": "0.28.0", "serverUrl": "https://hs.example.com",
+            "database": {"type": "Postgres", "postgres": {"host": "db", "database": "hs", "user": "hs",
+                "passwordSecretRef": {"name": "pg", "key": "password"}}},
+            "oidc": {"issuer": "https://idp", "clientId": "c", "clientSecretRef": {"name": "o", "key": "s"}},
+        }));
+        let s = sts(&hs, "h");
+        let pod = &s["spec"]["template"]["spec"];
+        let env = &pod["containers"][0]["env"][0];
+        assert_eq!(env["name"], crate::render::POSTGRES_PASSWORD_ENV);
+        assert_eq!(env["valueFrom"]["secretKeyRef"]["name"], "pg");
+        assert_eq!(s["spec"]["volumeClaimTemplates"], json!([]));
+        let oidc = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "oidc")
+            .unwrap();
+        assert_eq!(
+            oidc["secret"]["items"][0],
+            json!({"key": "s", "path": OIDC_SECRET_FILE})
+        );
+    }
+
+    #[test]
+    fn the_hash_decides_alone_whether_the_pod_template_changes() {
+        let hs = server(json!({"version": "0.29.2", "serverUrl": "https://hs.example.com"}));
+        assert_eq!(stamp(sts(&hs, "a")).1, stamp(sts(&hs, "a")).1);
+        assert_ne!(stamp(sts(&hs, "a")).1, stamp(sts(&hs, "b")).1);
+        let (obj, hash) = stamp(config_map(&hs, &Names::of("corp"), "x: 1\n"));
+        assert_eq!(
+            obj["metadata"]["annotations"][APPLIED_HASH_ANNOTATION],
+            hash.as_str()
+        );
+    }
+
+    #[test]
+    fn the_keyholder_role_names_one_secret() {
+        let hs = server(json!({"version": "0.29.2", "serverUrl": "https://hs.example.com"}));
+        let r = role(&hs, &Names::of("corp"));
+        assert_eq!(r["rules"].as_array().unwrap().len(), 1);
+        assert_eq!(r["rules"][0]["resourceNames"], json!(["corp-api-key"]));
+        assert_eq!(r["rules"][0]["verbs"], json!(["get", "list", "watch", "patch"]));
+    }
+}

@@ -295,7 +295,7 @@ pub async fn reconcile(
             )
             .await
             .map_err(kube_err("marking the API key rejected"))?;
-        count_write(ctx, "Secret");
+        count_write(ctx, hs, "Secret");
         return Ok((
             waiting(
                 reason::API_KEY_REJECTED,
@@ -308,10 +308,11 @@ pub async fn reconcile(
     Ok((outcome, extra))
 }
 
-fn count_write(ctx: &Context, kind: &str) {
+fn count_write(ctx: &Context, hs: &HeadscaleServer, kind: &str) {
     ctx.metrics
         .kube_writes
         .get_or_create(&KindLabels {
+            namespace: hs.namespace().unwrap_or_default(),
             kind: kind.to_string(),
         })
         .inc();
@@ -377,7 +378,7 @@ async fn ensure_keys(
             let secret: Secret = serde_json::from_value(obj).map_err(|e| Error::Build(e.to_string()))?;
             match secrets.create(&PostParams::default(), &secret).await {
                 Ok(s) => {
-                    count_write(ctx, "Secret");
+                    count_write(ctx, hs, "Secret");
                     tracing::info!(server = %format!("{}/{}", hs.namespace().unwrap_or_default(), hs.name_any()),
                         secret = %names.keys_secret, "generated the noise and DERP keys");
                     s
@@ -450,7 +451,7 @@ async fn create_if_absent(
             let secret: Secret = serde_json::from_value(obj).map_err(|e| Error::Build(e.to_string()))?;
             match api.create(&PostParams::default(), &secret).await {
                 Ok(_) => {
-                    count_write(ctx, "Secret");
+                    count_write(ctx, hs, "Secret");
                     Ok(Ok(()))
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 => Ok(Ok(())),
@@ -499,7 +500,7 @@ where
         .await
     {
         Ok(_) => {
-            count_write(ctx, &kind);
+            count_write(ctx, hs, &kind);
             tracing::info!(server = %format!("{ns}/{}", hs.name_any()), %kind, %name, "applied");
             Ok(Ok(()))
         }
@@ -647,4 +648,70 @@ pub fn log_tail(message: &str) -> String {
         return super::truncate(&joined, 300);
     }
     super::truncate(line, 300)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(v: Value) -> Pod {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn a_crashing_headscale_shows_its_last_log_line() {
+        let p = pod(json!({
+            "metadata": {"name": "hs-0", "annotations": {build::CONFIG_HASH_ANNOTATION: "h"}},
+            "status": {"phase": "Running", "containerStatuses": [{
+                "name": "headscale", "image": "i", "imageID": "", "ready": false, "restartCount": 3,
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {"terminated": {"exitCode": 1, "message":
+                    "{\"level\":\"info\",\"message\":\"starting\"}\n{\"level\":\"fatal\",\"error\":\"dns.base_domain cannot be a part of server_url\",\"message\":\"Error loading config\"}\n"}},
+            }]},
+        }));
+        match pod_problem(&p, "h") {
+            Some(Outcome::NotReady {
+                reason,
+                message,
+                stalled,
+                ..
+            }) => {
+                assert_eq!(reason, why::HEADSCALE_FAILED);
+                assert!(stalled);
+                assert!(message.contains("code 1 (3 restarts)"), "{message}");
+                assert!(
+                    message.ends_with("Error loading config: dns.base_domain cannot be a part of server_url"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_old_or_unready_pod_is_not_ready() {
+        let ready = |hash: &str, ready: &str| {
+            pod(json!({
+                "metadata": {"name": "hs-0", "annotations": {build::CONFIG_HASH_ANNOTATION: hash}},
+                "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": ready}]},
+            }))
+        };
+        assert!(pod_problem(&ready("h", "True"), "h").is_none());
+        let old = pod_problem(&ready("old", "True"), "h").unwrap();
+        assert!(matches!(
+            old,
+            Outcome::NotReady {
+                reason: why::POD_NOT_READY,
+                stalled: false,
+                ..
+            }
+        ));
+        assert!(pod_problem(&ready("h", "False"), "h").is_some());
+    }
+
+    #[test]
+    fn log_tail_takes_the_last_line_and_cuts_it() {
+        assert_eq!(log_tail("a\nb\n\n"), "b");
+        assert!(log_tail(&"x".repeat(1000)).len() < 310);
+    }
 }

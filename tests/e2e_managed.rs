@@ -1,0 +1,790 @@
+//! Managed mode on the real control plane: the operator builds a managed server's
+//! StatefulSet, Service, ConfigMap, Secrets and RBAC; KWOK plays the kubelet, so the
+//! pod becomes Ready without running. To prove the whole path, `RealPod` then plays
+//! the pod's containers with real parts: a real Headscale started with the very
+//! config and keys the operator wrote, and the operator's API key minted over
+//! Headscale's unix socket into the Secret the keyholder fills.
+//!
+//! Run by `make test` (e2e/test.sh), which starts the operator with
+//! `--allow-endpoint-annotation` so it can reach the local Headscale.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
+};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use support::*;
+
+use headscale_operator::api::HeadscaleServer;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A hostPath volume of a storage class only this test uses, so the claim binds.
+async fn volume_for(client: &Client, ns: &str) -> String {
+    let class = format!("hsop-{ns}");
+    let pv: PersistentVolume = serde_json::from_value(json!({
+        "metadata": {"name": class, "labels": {"hsop-test": "managed"}},
+        "spec": {
+            "capacity": {"storage": "1Gi"},
+            "accessModes": ["ReadWriteOnce"],
+            "storageClassName": class,
+            "persistentVolumeReclaimPolicy": "Retain",
+            "hostPath": {"path": format!("/tmp/{class}")},
+        },
+    }))
+    .unwrap();
+    Api::<PersistentVolume>::all(client.clone())
+        .create(&PostParams::default(), &pv)
+        .await
+        .expect("create PV");
+    class
+}
+
+fn managed(name: &str, ns: &str, version: &str, class: &str, extra: Value) -> Value {
+    let mut spec = json!({
+        "version": version,
+        "serverUrl": format!("https://{name}.{ns}.example.test"),
+        "database": {"type": "Sqlite", "sqlite": {"storageClassName": class}},
+    });
+    merge(&mut spec, extra);
+    json!({
+        "apiVersion": "headscale.operator.dev/v1alpha1",
+        "kind": "HeadscaleServer",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"managed": spec},
+    })
+}
+
+fn merge(a: &mut Value, b: Value) {
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
+async fn create_server(client: &Client, obj: Value) -> HeadscaleServer {
+    let ns = obj["metadata"]["namespace"].as_str().unwrap().to_string();
+    let hs: HeadscaleServer = serde_json::from_value(obj).unwrap();
+    Api::<HeadscaleServer>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &hs)
+        .await
+        .expect("create HeadscaleServer")
+}
+
+async fn patch_server(client: &Client, ns: &str, name: &str, patch: Value) {
+    Api::<HeadscaleServer>::namespaced(client.clone(), ns)
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch HeadscaleServer");
+}
+
+/// The server's Ready condition as (status, reason, message).
+async fn ready(client: &Client, ns: &str, name: &str) -> Option<(String, String, String)> {
+    let hs = Api::<HeadscaleServer>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .ok()?;
+    let c = hs.status?.conditions.into_iter().find(|c| c.type_ == "Ready")?;
+    Some((c.status, c.reason, c.message))
+}
+
+async fn wait_reason(client: &Client, ns: &str, name: &str, want: &str) -> String {
+    wait_for(&format!("{ns}/{name} Ready reason {want}"), WAIT, || async {
+        match ready(client, ns, name).await {
+            Some((_, reason, message)) if reason == want => Ok(message),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+}
+
+async fn wait_pod_ready(client: &Client, ns: &str, pod: &str) -> Pod {
+    wait_for(&format!("pod {ns}/{pod} Ready"), WAIT, || async {
+        let p = Api::<Pod>::namespaced(client.clone(), ns)
+            .get_opt(pod)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("no pod")?;
+        let ready = p
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        if ready {
+            Ok(p)
+        } else {
+            Err(format!("{:?}", p.status))
+        }
+    })
+    .await
+}
+
+fn owned_by(meta: &kube::api::ObjectMeta, hs: &HeadscaleServer) -> bool {
+    meta.owner_references.iter().flatten().any(|o| {
+        Some(&o.uid) == hs.uid().as_ref() && o.kind == "HeadscaleServer" && o.controller == Some(true)
+    })
+}
+
+/// `headscale_operator_kube_writes_total` summed over the kinds, for one namespace.
+fn writes_in(ns: &str) -> u64 {
+    let text = reqwest_blocking_get(&format!("{}/metrics", operator_url()));
+    text.lines()
+        .filter(|l| {
+            l.starts_with("headscale_operator_kube_writes_total{")
+                && l.contains(&format!("namespace=\"{ns}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn reqwest_blocking_get(url: &str) -> String {
+    let out = Command::new("curl").args(["-fsS", url]).output().expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The resourceVersions of every child of server `name`.
+async fn child_versions(client: &Client, ns: &str, name: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    macro_rules! rv {
+        ($t:ty, $n:expr) => {
+            let o = Api::<$t>::namespaced(client.clone(), ns)
+                .get(&$n)
+                .await
+                .expect($n.as_str());
+            out.insert(
+                format!("{}/{}", stringify!($t), $n),
+                o.resource_version().unwrap(),
+            );
+        };
+    }
+    rv!(StatefulSet, name.to_string());
+    rv!(Service, name.to_string());
+    rv!(ConfigMap, format!("{name}-config"));
+    rv!(Secret, format!("{name}-keys"));
+    rv!(ServiceAccount, format!("{name}-headscale"));
+    rv!(Role, format!("{name}-keyholder"));
+    rv!(RoleBinding, format!("{name}-keyholder"));
+    out
+}
+
+#[tokio::test]
+async fn a_managed_server_gets_its_children_and_a_ready_pod() {
+    let client = admin_client().await;
+    let ns = namespace(&client, "managed").await;
+    let class = volume_for(&client, &ns).await;
+    let hs = create_server(&client, managed("hs", &ns, "0.29.2", &class, json!({}))).await;
+
+    let sts: StatefulSet = wait_for("StatefulSet", WAIT, || async {
+        Api::<StatefulSet>::namespaced(client.clone(), &ns)
+            .get_opt("hs")
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "not yet".to_string())
+    })
+    .await;
+    // Everything is owned by the server (garbage-collected with it).
+    assert!(owned_by(&sts.metadata, &hs));
+    let spec = &sts.spec;
+    assert_eq!(spec.replicas, Some(1));
+    let pod_spec = spec.template.spec.as_ref().unwrap();
+    let names: Vec<_> = pod_spec.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["headscale", "keyholder"]);
+    assert_eq!(pod_spec.automount_service_account_token, Some(false));
+    assert_eq!(
+        pod_spec.containers[0].image.as_deref(),
+        Some("docker.io/headscale/headscale:0.29.2")
+    );
+    let keys_volume = pod_spec
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "keys")
+        .unwrap();
+    assert_eq!(keys_volume.secret.as_ref().unwrap().default_mode, Some(0o400));
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .get("hs-config")
+        .await
+        .unwrap();
+    assert!(owned_by(&cm.metadata, &hs));
+    let config = cm.data.as_ref().unwrap()["config.yaml"].clone();
+    let keys = Api::<Secret>::namespaced(client.clone(), &ns)
+        .get("hs-keys")
+        .await
+        .unwrap();
+    assert!(owned_by(&keys.metadata, &hs));
+    let noise = String::from_utf8(keys.data.as_ref().unwrap()["noise.key"].0.clone()).unwrap();
+    assert!(
+        noise.starts_with("privkey:") && noise.len() == 72,
+        "noise key format"
+    );
+    assert!(!config.contains("privkey:"), "no key in the ConfigMap");
+    for (kind, owned) in [
+        (
+            "Service",
+            Api::<Service>::namespaced(client.clone(), &ns)
+                .get("hs")
+                .await
+                .unwrap()
+                .metadata,
+        ),
+        (
+            "ServiceAccount",
+            Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+                .get("hs-headscale")
+                .await
+                .unwrap()
+                .metadata,
+        ),
+        (
+            "Role",
+            Api::<Role>::namespaced(client.clone(), &ns)
+                .get("hs-keyholder")
+                .await
+                .unwrap()
+                .metadata,
+        ),
+        (
+            "RoleBinding",
+            Api::<RoleBinding>::namespaced(client.clone(), &ns)
+                .get("hs-keyholder")
+                .await
+                .unwrap()
+                .metadata,
+        ),
+        (
+            "Secret hs-api-key",
+            Api::<Secret>::namespaced(client.clone(), &ns)
+                .get("hs-api-key")
+                .await
+                .unwrap()
+                .metadata,
+        ),
+    ] {
+        assert!(owned_by(&owned, &hs), "{kind} is owned by the server");
+    }
+    let role = Api::<Role>::namespaced(client.clone(), &ns)
+        .get("hs-keyholder")
+        .await
+        .unwrap();
+    let rules = role.rules.unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(
+        rules[0].resource_names.as_deref(),
+        Some(&["hs-api-key".to_string()][..])
+    );
+
+    // KWOK runs the pod; without a keyholder there is no key yet, and status says so.
+    wait_pod_ready(&client, &ns, "hs-0").await;
+    let msg = wait_reason(&client, &ns, "hs", "ApiKeyPending").await;
+    assert!(msg.contains("hs-api-key"), "{msg}");
+
+    // The volume claim is bound and kept when the server is deleted.
+    let pvc = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
+        .get("data-hs-0")
+        .await
+        .unwrap();
+    assert_eq!(pvc.status.unwrap().phase.as_deref(), Some("Bound"));
+    Api::<HeadscaleServer>::namespaced(client.clone(), &ns)
+        .delete("hs", &DeleteParams::foreground())
+        .await
+        .unwrap();
+    wait_for("children garbage-collected", WAIT, || async {
+        let left = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+            .get_opt("hs-config")
+            .await
+            .unwrap()
+            .is_some()
+            || Api::<Secret>::namespaced(client.clone(), &ns)
+                .get_opt("hs-keys")
+                .await
+                .unwrap()
+                .is_some()
+            || Api::<StatefulSet>::namespaced(client.clone(), &ns)
+                .get_opt("hs")
+                .await
+                .unwrap()
+                .is_some();
+        if left {
+            Err("children remain".to_string())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    assert!(
+        Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
+            .get_opt("data-hs-0")
+            .await
+            .unwrap()
+            .is_some(),
+        "the data volume is kept unless spec says delete"
+    );
+}
+
+#[tokio::test]
+async fn a_spec_change_rolls_the_pod_once_and_an_idle_resync_writes_nothing() {
+    let client = admin_client().await;
+    let ns = namespace(&client, "roll").await;
+    let class = volume_for(&client, &ns).await;
+    create_server(&client, managed("hs", &ns, "0.29.2", &class, json!({}))).await;
+    let first = wait_pod_ready(&client, &ns, "hs-0").await;
+    wait_reason(&client, &ns, "hs", "ApiKeyPending").await;
+
+    // Idle: the operator resyncs every 2 s; nothing is written.
+    let before = child_versions(&client, &ns, "hs").await;
+    let writes = writes_in(&ns);
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(
+        child_versions(&client, &ns, "hs").await,
+        before,
+        "an idle resync changed an object"
+    );
+    assert_eq!(writes_in(&ns), writes, "an idle resync wrote to the API server");
+    println!("writes for a new managed server: {writes}; idle resyncs over 7 s: 0");
+
+    // A change of the rendered config rolls the pod exactly once.
+    let sts_api = Api::<StatefulSet>::namespaced(client.clone(), &ns);
+    let gen_before = sts_api.get("hs").await.unwrap().metadata.generation.unwrap();
+    patch_server(
+        &client,
+        &ns,
+        "hs",
+        json!({"spec": {"managed": {"logging": {"level": "debug"}}}}),
+    )
+    .await;
+    let second = wait_for("a new pod", WAIT, || async {
+        let p = Api::<Pod>::namespaced(client.clone(), &ns)
+            .get_opt("hs-0")
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("no pod")?;
+        if p.uid() != first.uid() {
+            Ok(p)
+        } else {
+            Err("same pod".to_string())
+        }
+    })
+    .await;
+    wait_pod_ready(&client, &ns, "hs-0").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let sts = sts_api.get("hs").await.unwrap();
+    assert_eq!(
+        sts.metadata.generation.unwrap(),
+        gen_before + 1,
+        "one template change"
+    );
+    let now = Api::<Pod>::namespaced(client.clone(), &ns)
+        .get("hs-0")
+        .await
+        .unwrap();
+    assert_eq!(now.uid(), second.uid(), "the pod was rolled more than once");
+    // A change that does not touch the config (pod annotations are the pod's) rolls
+    // once too; a change of nothing rolls nothing.
+    patch_server(
+        &client,
+        &ns,
+        "hs",
+        json!({"spec": {"managed": {"logging": {"level": "debug"}}}}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        sts_api.get("hs").await.unwrap().metadata.generation.unwrap(),
+        gen_before + 1
+    );
+}
+
+#[tokio::test]
+async fn servers_with_one_name_in_two_namespaces_and_two_in_one_do_not_collide() {
+    let client = admin_client().await;
+    let ns1 = namespace(&client, "multi").await;
+    let ns2 = namespace(&client, "multi").await;
+    let c1 = volume_for(&client, &ns1).await;
+    let c2 = volume_for(&client, &ns2).await;
+    create_server(&client, managed("a", &ns1, "0.29.2", &c1, json!({}))).await;
+    create_server(
+        &client,
+        managed(
+            "b",
+            &ns1,
+            "0.28.0",
+            &c1,
+            json!({"database": {"sqlite": {"storageClassName": "none-such"}}}),
+        ),
+    )
+    .await;
+    create_server(&client, managed("a", &ns2, "0.28.0", &c2, json!({}))).await;
+    for (ns, name, version) in [
+        (&ns1, "a", "0.29.2"),
+        (&ns1, "b", "0.28.0"),
+        (&ns2, "a", "0.28.0"),
+    ] {
+        let sts: StatefulSet = wait_for(&format!("{ns}/{name}"), WAIT, || async {
+            Api::<StatefulSet>::namespaced(client.clone(), ns)
+                .get_opt(name)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "not yet".to_string())
+        })
+        .await;
+        let image = sts.spec.template.spec.unwrap().containers[0]
+            .image
+            .clone()
+            .unwrap();
+        assert!(image.ends_with(version), "{ns}/{name}: {image}");
+        let cm = Api::<ConfigMap>::namespaced(client.clone(), ns)
+            .get(&format!("{name}-config"))
+            .await
+            .unwrap();
+        assert!(cm.data.unwrap()["config.yaml"].contains(&format!("{name}.{ns}.example.test")));
+    }
+    // Two servers' keys are their own.
+    let key = |ns: String, name: &'static str| {
+        let client = client.clone();
+        async move {
+            let s = Api::<Secret>::namespaced(client, &ns)
+                .get(&format!("{name}-keys"))
+                .await
+                .unwrap();
+            s.data.unwrap()["noise.key"].0.clone()
+        }
+    };
+    let (k1, k2, k3) = (
+        key(ns1.clone(), "a").await,
+        key(ns1.clone(), "b").await,
+        key(ns2.clone(), "a").await,
+    );
+    assert!(
+        k1 != k2 && k1 != k3 && k2 != k3,
+        "every server has its own noise key"
+    );
+    // b's claim names a storage class nobody serves: its volume stays pending, and
+    // status says so, while a in the same namespace runs.
+    let msg = wait_reason(&client, &ns1, "b", "VolumePending").await;
+    assert!(msg.contains("data-b-0") && msg.contains("none-such"), "{msg}");
+    wait_reason(&client, &ns1, "a", "ApiKeyPending").await;
+    wait_reason(&client, &ns2, "a", "ApiKeyPending").await;
+}
+
+#[tokio::test]
+async fn bad_managed_specs_are_refused_and_change_nothing() {
+    let client = admin_client().await;
+    let ns = namespace(&client, "badmanaged").await;
+    let class = volume_for(&client, &ns).await;
+
+    // A version managed mode does not run: reported, nothing created.
+    create_server(&client, managed("old", &ns, "0.27.1", &class, json!({}))).await;
+    let msg = wait_reason(&client, &ns, "old", "UnsupportedVersion").await;
+    assert!(msg.contains("0.28") && msg.contains("0.29"), "{msg}");
+
+    // Postgres whose password Secret does not exist: reported, nothing created.
+    create_server(
+        &client,
+        managed(
+            "pg",
+            &ns,
+            "0.29.2",
+            &class,
+            json!({"database": {"type": "Postgres", "postgres": {"host": "db", "database": "hs", "user": "hs",
+                "passwordSecretRef": {"name": "pg-password", "key": "password"}}}}),
+        ),
+    )
+    .await;
+    let msg = wait_reason(&client, &ns, "pg", "SecretNotFound").await;
+    assert!(
+        msg.contains("pg-password") && msg.contains("passwordSecretRef"),
+        "{msg}"
+    );
+
+    // OIDC whose client secret key is missing.
+    let secret: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "oidc"}, "stringData": {"other": "x"}})).unwrap();
+    Api::<Secret>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    create_server(
+        &client,
+        managed(
+            "oidc",
+            &ns,
+            "0.29.2",
+            &class,
+            json!({"oidc": {"issuer": "https://idp.example.test", "clientId": "hs",
+                "clientSecretRef": {"name": "oidc", "key": "client-secret"}}}),
+        ),
+    )
+    .await;
+    let msg = wait_reason(&client, &ns, "oidc", "SecretKeyMissing").await;
+    assert!(
+        msg.contains("client-secret") && msg.contains("clientSecretRef"),
+        "{msg}"
+    );
+
+    for name in ["old", "pg", "oidc"] {
+        let sts = Api::<StatefulSet>::namespaced(client.clone(), &ns)
+            .get_opt(name)
+            .await
+            .unwrap();
+        assert!(
+            sts.is_none(),
+            "{name}: nothing may be deployed from a refused spec"
+        );
+    }
+
+    // A running server whose spec turns invalid keeps what it runs.
+    create_server(&client, managed("good", &ns, "0.29.2", &class, json!({}))).await;
+    wait_reason(&client, &ns, "good", "ApiKeyPending").await;
+    let before = child_versions(&client, &ns, "good").await;
+    patch_server(
+        &client,
+        &ns,
+        "good",
+        json!({"spec": {"managed": {"version": "0.27.1"}}}),
+    )
+    .await;
+    wait_reason(&client, &ns, "good", "UnsupportedVersion").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        child_versions(&client, &ns, "good").await,
+        before,
+        "a refused spec changed the running server"
+    );
+
+    // Names another object already has are not taken over.
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "taken-config"}, "data": {"x": "y"}})).unwrap();
+    Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &cm)
+        .await
+        .unwrap();
+    create_server(&client, managed("taken", &ns, "0.29.2", &class, json!({}))).await;
+    let msg = wait_reason(&client, &ns, "taken", "NameConflict").await;
+    assert!(msg.contains("taken-config"), "{msg}");
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .get("taken-config")
+        .await
+        .unwrap();
+    assert_eq!(
+        cm.data.unwrap().get("x").map(String::as_str),
+        Some("y"),
+        "someone else's ConfigMap was changed"
+    );
+}
+
+/// The pod's containers played by real parts: Headscale started with exactly the
+/// config and keys the operator wrote (paths and listen addresses moved into a
+/// local directory), and the operator's API key minted over its unix socket into
+/// the Secret, as the keyholder does.
+struct RealPod {
+    dir: PathBuf,
+    child: Child,
+    url: String,
+}
+
+impl Drop for RealPod {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Moves every in-pod path and listener of the rendered config into `dir`/127.0.0.1.
+fn localize(config: &str, dir: &Path) -> (String, String) {
+    let (http, metrics, stun) = (free_port(), free_port(), free_port());
+    let mut v: serde_yaml::Value = serde_yaml::from_str(config).expect("the rendered config is YAML");
+    fn walk(v: &mut serde_yaml::Value, dir: &Path) {
+        match v {
+            serde_yaml::Value::String(s) => {
+                for (from, to) in [
+                    ("/etc/headscale/", "etc/"),
+                    ("/var/lib/headscale", "data"),
+                    ("/var/run/headscale", "run"),
+                ] {
+                    if let Some(rest) = s.strip_prefix(from) {
+                        *s = format!("{}/{to}{rest}", dir.display());
+                    }
+                }
+            }
+            serde_yaml::Value::Mapping(m) => m.iter_mut().for_each(|(_, v)| walk(v, dir)),
+            serde_yaml::Value::Sequence(q) => q.iter_mut().for_each(|v| walk(v, dir)),
+            _ => {}
+        }
+    }
+    walk(&mut v, dir);
+    v["listen_addr"] = format!("127.0.0.1:{http}").into();
+    v["metrics_listen_addr"] = format!("127.0.0.1:{metrics}").into();
+    if v["derp"]["server"]["enabled"].as_bool() == Some(true) {
+        v["derp"]["server"]["stun_listen_addr"] = format!("127.0.0.1:{stun}").into();
+    }
+    (
+        serde_yaml::to_string(&v).unwrap(),
+        format!("http://127.0.0.1:{http}"),
+    )
+}
+
+impl RealPod {
+    async fn start(client: &Client, ns: &str, name: &str, version: &str) -> RealPod {
+        let dir = tempfile::Builder::new()
+            .prefix("pod-")
+            .tempdir_in(run_dir())
+            .unwrap()
+            .keep();
+        for d in ["etc/config", "etc/keys", "data", "run"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        let cm = Api::<ConfigMap>::namespaced(client.clone(), ns)
+            .get(&format!("{name}-config"))
+            .await
+            .unwrap();
+        let (config, url) = localize(&cm.data.unwrap()["config.yaml"], &dir);
+        std::fs::write(dir.join("etc/config/config.yaml"), config).unwrap();
+        let keys = Api::<Secret>::namespaced(client.clone(), ns)
+            .get(&format!("{name}-keys"))
+            .await
+            .unwrap();
+        for (k, v) in keys.data.unwrap() {
+            let path = dir.join("etc/keys").join(k);
+            std::fs::write(&path, v.0).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+        }
+        let log = std::fs::File::create(dir.join("headscale.log")).unwrap();
+        let child = Command::new(headscale_bin(version))
+            .args(["serve", "-c"])
+            .arg(dir.join("etc/config/config.yaml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start headscale");
+        let pod = RealPod { dir, child, url };
+        let health = format!("{}/health", pod.url);
+        wait_for("real headscale healthy", WAIT, || async {
+            let out = Command::new("curl").args(["-fsS", &health]).output().unwrap();
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(std::fs::read_to_string(pod.dir.join("headscale.log")).unwrap_or_default())
+            }
+        })
+        .await;
+        pod
+    }
+
+    /// Mints an API key over the socket (no key needed there) into `NAME-api-key`.
+    async fn mint_key(&self, client: &Client, ns: &str, name: &str, version: &str) -> String {
+        let out = Command::new(headscale_bin(version))
+            .args(["-c"])
+            .arg(self.dir.join("etc/config/config.yaml"))
+            .args(["apikeys", "create", "--expiration", "1d"])
+            .env("HEADSCALE_DISABLE_CHECK_UPDATES", "true")
+            .output()
+            .expect("headscale apikeys create");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let key = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .lines()
+            .last()
+            .unwrap()
+            .to_string();
+        let patch = json!({
+            "metadata": {"annotations": {
+                "headscale.operator.dev/api-key-id": "1",
+                "headscale.operator.dev/api-key-expiration": "2099-01-01T00:00:00Z",
+            }},
+            "stringData": {"apiKey": key},
+        });
+        Api::<Secret>::namespaced(client.clone(), ns)
+            .patch(
+                &format!("{name}-api-key"),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .unwrap();
+        key
+    }
+}
+
+async fn becomes_ready_with_real_headscale(version: &str) {
+    let client = admin_client().await;
+    let ns = namespace(&client, "realpod").await;
+    let class = volume_for(&client, &ns).await;
+    create_server(&client, managed("hs", &ns, version, &class, json!({}))).await;
+    wait_reason(&client, &ns, "hs", "ApiKeyPending").await;
+    let pod = RealPod::start(&client, &ns, "hs", version).await;
+    patch_server(
+        &client,
+        &ns,
+        "hs",
+        json!({"metadata": {"annotations": {"headscale.operator.dev/endpoint": pod.url}}}),
+    )
+    .await;
+    let key = pod.mint_key(&client, &ns, "hs", version).await;
+    let msg = wait_reason(&client, &ns, "hs", "Ready").await;
+    assert!(msg.contains(version), "{msg}");
+    let hs = Api::<HeadscaleServer>::namespaced(client.clone(), &ns)
+        .get("hs")
+        .await
+        .unwrap();
+    let status = hs.status.clone().unwrap();
+    assert_eq!(status.endpoint.as_deref(), Some(pod.url.as_str()));
+    assert_eq!(status.api_key.unwrap().id.as_deref(), Some("1"));
+    assert!(status.config_hash.is_some());
+
+    // No key in the ConfigMap, the server's status and spec, Events or the log.
+    let keys = Api::<Secret>::namespaced(client.clone(), &ns)
+        .get("hs-keys")
+        .await
+        .unwrap();
+    let noise = String::from_utf8(keys.data.as_ref().unwrap()["noise.key"].0.clone()).unwrap();
+    let derp = String::from_utf8(keys.data.as_ref().unwrap()["derp.key"].0.clone()).unwrap();
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .get("hs-config")
+        .await
+        .unwrap();
+    let noise_hex = noise.trim_start_matches("privkey:").to_string();
+    assert_no_leak(
+        &client,
+        &ns,
+        &[
+            serde_json::to_value(&hs).unwrap(),
+            serde_json::to_value(&cm).unwrap(),
+        ],
+        &[&key, &noise_hex, derp.trim_start_matches("privkey:")],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_managed_server_becomes_ready_with_real_headscale_0_29() {
+    becomes_ready_with_real_headscale("0.29.2").await;
+}
+
+#[tokio::test]
+async fn a_managed_server_becomes_ready_with_real_headscale_0_28() {
+    becomes_ready_with_real_headscale("0.28.0").await;
+}
