@@ -171,8 +171,9 @@ async fn child_versions(client: &Client, ns: &str, name: &str) -> BTreeMap<Strin
             );
         };
     }
-    rv!(StatefulSet, name.to_string());
-    rv!(Service, name.to_string());
+    let own = name.to_string();
+    rv!(StatefulSet, own);
+    rv!(Service, own);
     rv!(ConfigMap, format!("{name}-config"));
     rv!(Secret, format!("{name}-keys"));
     rv!(ServiceAccount, format!("{name}-headscale"));
