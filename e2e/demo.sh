@@ -102,10 +102,33 @@ kubectl -n "$NS" patch headscaleserver corp --type merge -p \
 kubectl -n "$NS" wait --for=jsonpath='{.status.nodes.unexpected}'=1 headscaleserver/corp --timeout=60s
 kubectl -n "$NS" wait --for=jsonpath='{.status.nodes.stale}'=2 headscaleserver/corp --timeout=60s
 
+step "a managed server (examples/managed-server.yaml): the operator runs Headscale; KWOK plays the kubelet"
+kubectl apply -f - >/dev/null <<EOF2
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: demo-local-edge}
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [ReadWriteOnce]
+  storageClassName: demo-local
+  hostPath: {path: /tmp/demo-local-edge}
+EOF2
+kubectl -n "$NS" apply -f examples/managed-server.yaml
+kubectl -n "$NS" wait --for=condition=Ready pod/edge-0 --timeout=90s
+# KWOK runs no containers, so no keyholder mints the API key: the server waits for it.
+kubectl -n "$NS" wait --for=jsonpath='{.status.conditions[?(@.type=="Ready")].reason}'=ApiKeyPending \
+  headscaleserver/edge --timeout=60s
+
 step "what a user sees"
 kubectl -n "$NS" get headscaleservers -o wide
 echo
 kubectl -n "$NS" get headscaleserver corp -o jsonpath='{range .status.conditions[*]}{.type}={.status} ({.reason}): {.message}{"\n"}{end}'
+echo
+echo "What the operator generated for the managed server edge (no key in the ConfigMap):"
+kubectl -n "$NS" get statefulset,pod,service,configmap,secret,serviceaccount,role,rolebinding,pvc \
+  -l app.kubernetes.io/instance=edge 2>/dev/null || true
+kubectl -n "$NS" get pvc data-edge-0
+kubectl -n "$NS" get headscaleserver edge -o jsonpath='{range .status.conditions[*]}{.type}={.status} ({.reason}): {.message}{"\n"}{end}'
 echo
 kubectl -n "$NS" get events --field-selector involvedObject.name=corp
 echo
