@@ -7,5 +7,6 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod policy;
+pub mod render;
 pub mod secret;
 pub mod telemetry;
