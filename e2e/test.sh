@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every test of the project, as `make test` and CI run it:
-#   static checks -> unit and CRD tests -> chart checks -> a real control plane (etcd,
+#   static checks -> unit, CRD and golden-config tests -> chart checks -> the rendered
+#   Headscale configs started with the real binaries -> a real control plane (etcd,
 #   kube-apiserver, controller-manager, scheduler, KWOK) with the chart installed and the
 #   operator running under the chart's ServiceAccount -> integration tests against real
 #   Headscale servers.
@@ -28,7 +29,7 @@ cargo clippy --all-targets --quiet -- -D warnings
 
 step "unit tests and CRD drift"
 cargo build --quiet
-cargo test --quiet --lib --bins --test crds
+cargo test --quiet --lib --bins --test crds --test render
 
 step "chart checks (offline)"
 bash charts/headscale-operator/ci/check.sh
@@ -49,6 +50,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 owner=()
 [ "${HSOP_KEEP:-0}" = 1 ] || owner=(--owner-pid $$)
+
+step "rendered configs on the real Headscale (no cluster needed)"
+HSOP_E2E_DIR=$RUN cargo test --test e2e_render -- --test-threads 4
 
 step "control plane"
 e2e/cluster.sh up "$RUN/cluster" "${owner[@]}"

@@ -73,6 +73,39 @@ build_headscale() {
     go install -trimpath -ldflags "-s -w" "github.com/juanfont/headscale/cmd/headscale@$version"
 }
 
+# PostgreSQL for the Postgres case of tests/e2e_render.rs: the distribution's server, not
+# built (the newest /usr/lib/postgresql/*/bin). Installed with apt-get when missing and
+# possible; without it only SQLite is proven, and `env` says why.
+postgres_bindir() {
+  local d
+  for d in /usr/lib/postgresql/*/bin; do
+    [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ] && echo "$d"
+  done | sort -V | tail -n1
+}
+postgres_unavailable() {
+  [ -z "$(postgres_bindir)" ] || return 0
+  if [ "$(id -u)" != 0 ]; then echo "no PostgreSQL in /usr/lib/postgresql and not root to apt-get install it"
+  elif ! command -v apt-get >/dev/null; then echo "no PostgreSQL in /usr/lib/postgresql and no apt-get"
+  else echo "no PostgreSQL in /usr/lib/postgresql and apt-get install postgresql failed"
+  fi
+}
+ensure_postgres() {
+  [ -z "$(postgres_bindir)" ] || return 0
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+    log "$(postgres_unavailable); only SQLite will be proven"
+    return 0
+  fi
+  log "installing PostgreSQL with apt-get (for the Postgres case of the render test)"
+  # policy-rc.d 101: the package must not start a system cluster; the test runs its own.
+  printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d.hsop && chmod +x /usr/sbin/policy-rc.d.hsop
+  [ -e /usr/sbin/policy-rc.d ] || ln -s policy-rc.d.hsop /usr/sbin/policy-rc.d
+  { timeout 300 apt-get update -qq && DEBIAN_FRONTEND=noninteractive timeout 300 \
+      apt-get install -y -qq --no-install-recommends postgresql >/dev/null; } ||
+    log "$(postgres_unavailable); only SQLite will be proven"
+  [ "$(readlink /usr/sbin/policy-rc.d 2>/dev/null)" != policy-rc.d.hsop ] || rm -f /usr/sbin/policy-rc.d
+  rm -f /usr/sbin/policy-rc.d.hsop
+}
+
 ensure() {
   mkdir -p "$CACHE"
   # One builder at a time per cache: two test runs starting together share the result.
@@ -86,6 +119,7 @@ ensure() {
     build_into "$(headscale_dir "$v")" build_headscale "$v"
   done
   build_into "$(k8s_dir)" build_k8s
+  ensure_postgres
   flock -u 9
 }
 
@@ -105,6 +139,8 @@ ENV
   done
   echo "export HSOP_HEADSCALE_BINS=\"${list# }\""
   echo "export HSOP_HEADSCALE_DEMO_VERSION=\"$HEADSCALE_DEMO_VERSION\""
+  echo "export HSOP_POSTGRES_BIN=\"$(postgres_bindir)\""
+  echo "export HSOP_POSTGRES_UNAVAILABLE=\"$(postgres_unavailable)\""
 }
 
 case "${1:-ensure}" in

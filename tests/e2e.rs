@@ -519,3 +519,149 @@ async fn only_the_lease_holder_reconciles() {
     );
     standby.kill().await.unwrap();
 }
+
+/// Managed specs Headscale (or its clients) cannot run are refused by the schema and its
+/// CEL rules with a readable message; a full valid spec passes every rule.
+#[tokio::test]
+async fn invalid_managed_specs_are_rejected_by_the_api_server() {
+    let client = admin_client().await;
+    let ns = namespace(&client, "managed-invalid").await;
+    let hss = |name: &str, extra: Value| {
+        let mut managed = json!({"version": "0.29.2", "serverUrl": "https://hs.example.com"});
+        for (k, v) in extra.as_object().unwrap() {
+            managed[k] = v.clone();
+        }
+        json!({"apiVersion": "headscale.operator.dev/v1alpha1", "kind": "HeadscaleServer",
+               "metadata": {"name": name}, "spec": {"managed": managed}})
+    };
+    let pg = json!({"host": "db", "database": "hs", "user": "hs"});
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "two replicas",
+            json!({"replicas": 2}),
+            "Headscale cannot share its database: replicas must be 1",
+        ),
+        (
+            "not a url",
+            json!({"serverUrl": "hs.example.com"}),
+            "serverUrl must be an absolute http:// or https:// URL",
+        ),
+        (
+            "uppercase scheme",
+            json!({"serverUrl": "HTTPS://hs.example.com"}),
+            "serverUrl must be an absolute http:// or https:// URL",
+        ),
+        (
+            "url with a path",
+            json!({"serverUrl": "https://hs.example.com/vpn"}),
+            "serverUrl must not have a path",
+        ),
+        (
+            "url with credentials",
+            json!({"serverUrl": "https://a:b@hs.example.com"}),
+            "serverUrl must not carry credentials",
+        ),
+        (
+            "version 0.27",
+            json!({"version": "0.27.1"}),
+            "managed mode runs Headscale 0.28.x or 0.29.x",
+        ),
+        (
+            "version 0.30",
+            json!({"version": "0.30.0"}),
+            "managed mode runs Headscale 0.28.x or 0.29.x",
+        ),
+        (
+            "postgres without its secret",
+            json!({"database": {"type": "Postgres", "postgres": pg}}),
+            "spec.managed.database.postgres.passwordSecretRef: Required value",
+        ),
+        (
+            "postgres type without settings",
+            json!({"database": {"type": "Postgres"}}),
+            "database.postgres must be set when database.type is Postgres",
+        ),
+        (
+            "oidc without client secret",
+            json!({"oidc": {"issuer": "https://sso.example.com", "clientId": "hs"}}),
+            "spec.managed.oidc.clientSecretRef: Required value",
+        ),
+        (
+            "oidc issuer not a url",
+            json!({"oidc": {"issuer": "sso.example.com", "clientId": "hs", "clientSecretRef": {"name": "o"}}}),
+            "oidc.issuer must be an absolute http:// or https:// URL",
+        ),
+        (
+            "derp with nothing",
+            json!({"derp": {"embedded": false}}),
+            "derp needs at least one relay",
+        ),
+        (
+            "derp url",
+            json!({"derp": {"urls": ["derp.example.com"]}}),
+            "every derp.urls entry must be an absolute",
+        ),
+        (
+            "v4 outside",
+            json!({"prefixes": {"v4": "10.0.0.0/8"}}),
+            "prefixes.v4 must be a network inside 100.64.0.0/10",
+        ),
+        (
+            "v4 host bits",
+            json!({"prefixes": {"v4": "100.64.0.1/24"}}),
+            "prefixes.v4 must be a network inside 100.64.0.0/10",
+        ),
+        (
+            "v6 outside",
+            json!({"prefixes": {"v6": "fd00::/8"}}),
+            "prefixes.v6 must be a network inside fd7a:115c:a1e0::/48",
+        ),
+        (
+            "no prefix",
+            json!({"prefixes": {"v4": "", "v6": ""}}),
+            "at least one of v4 or v6 must be set",
+        ),
+        (
+            "ipv4 relay",
+            json!({"derp": {"ipv4": "2001:db8::1"}}),
+            "derp.ipv4 must be an IPv4 address",
+        ),
+        (
+            "pg user with space",
+            json!({"database": {"type": "Postgres", "postgres": {
+            "host": "db", "database": "hs", "user": "h s", "passwordSecretRef": {"name": "pg"}}}}),
+            "spec.managed.database.postgres.user",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (i, (what, extra, want)) in cases.into_iter().enumerate() {
+        match create_raw(&client, &ns, hss(&format!("bad-{i}"), extra)).await {
+            Ok(()) => failures.push(format!("{what}: accepted")),
+            Err(msg) if msg.contains(want) => {}
+            Err(msg) => failures.push(format!("{what}: message {msg:?} lacks {want:?}")),
+        }
+    }
+    let full = hss(
+        "full",
+        json!({
+            "replicas": 1,
+            "database": {"type": "Postgres", "postgres": {"host": "pg.db.svc", "database": "headscale",
+                "user": "headscale", "passwordSecretRef": {"name": "pg", "key": "password"}, "sslMode": "verify-full"}},
+            "prefixes": {"v4": "100.64.0.0/16", "v6": "fd7a:115c:a1e0:1::/64", "allocation": "Random"},
+            "derp": {"embedded": true, "region": {"id": 950, "code": "corp", "name": "Corp"},
+                     "ipv4": "203.0.113.10", "ipv6": "2001:db8::10",
+                     "urls": ["https://controlplane.tailscale.com/derpmap/default"]},
+            "oidc": {"issuer": "https://sso.example.com/realms/corp", "clientId": "hs",
+                     "clientSecretRef": {"name": "oidc", "key": "secret"}, "allowedDomains": ["example.com"]},
+            "nodeExpiry": "90d",
+            "ephemeralInactivityTimeout": "1h",
+        }),
+    );
+    if let Err(msg) = create_raw(&client, &ns, full).await {
+        failures.push(format!("a full valid spec was refused: {msg}"));
+    }
+    if let Err(msg) = create_raw(&client, &ns, hss("single-stack", json!({"prefixes": {"v6": ""}}))).await {
+        failures.push(format!("a single-stack spec was refused: {msg}"));
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}

@@ -488,10 +488,25 @@ async fn bad_managed_specs_are_refused_and_change_nothing() {
     let ns = namespace(&client, "badmanaged").await;
     let class = volume_for(&client, &ns).await;
 
-    // A version managed mode does not run: reported, nothing created.
-    create_server(&client, managed("old", &ns, "0.27.1", &class, json!({}))).await;
-    let msg = wait_reason(&client, &ns, "old", "UnsupportedVersion").await;
-    assert!(msg.contains("0.28") && msg.contains("0.29"), "{msg}");
+    // A version managed mode does not run: refused by the API server.
+    let hs: HeadscaleServer =
+        serde_json::from_value(managed("old", &ns, "0.27.1", &class, json!({}))).unwrap();
+    let err = Api::<HeadscaleServer>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &hs)
+        .await
+        .expect_err("0.27 is refused");
+    assert!(
+        err.to_string().contains("0.28") && err.to_string().contains("0.29"),
+        "{err}"
+    );
+    // Two replicas: refused with the reason.
+    let hs: HeadscaleServer =
+        serde_json::from_value(managed("two", &ns, "0.29.2", &class, json!({"replicas": 2}))).unwrap();
+    let err = Api::<HeadscaleServer>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &hs)
+        .await
+        .expect_err("2 replicas are refused");
+    assert!(err.to_string().contains("replicas must be 1"), "{err}");
 
     // Postgres whose password Secret does not exist: reported, nothing created.
     create_server(
@@ -537,7 +552,7 @@ async fn bad_managed_specs_are_refused_and_change_nothing() {
         "{msg}"
     );
 
-    for name in ["old", "pg", "oidc"] {
+    for name in ["pg", "oidc"] {
         let sts = Api::<StatefulSet>::namespaced(client.clone(), &ns)
             .get_opt(name)
             .await

@@ -86,16 +86,32 @@ pub struct ExternalSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ManagedSpec {
-    /// Headscale release to run, e.g. `0.29.2`. Supported minors: 0.27 to 0.30.
-    #[schemars(regex(pattern = r"^v?0\.(2[7-9]|30)\.[0-9]+$"))]
+    /// Headscale release to run, e.g. `0.29.2`. Managed mode runs 0.28.x and 0.29.x
+    /// (the configuration is rendered for the exact minor); 0.27 can still be governed
+    /// in external mode.
+    #[x_kube(validation = Rule::new("self.matches('^v?0\\\\.(28|29)\\\\.[0-9]+$')").message("managed mode runs Headscale 0.28.x or 0.29.x (e.g. 0.29.2); older releases can be governed in external mode"))]
+    #[schemars(length(max = 32))]
     pub version: String,
+
+    /// Number of Headscale pods. Always 1: Headscale keeps nodes, sessions and pending
+    /// registrations in memory and cannot share its database with a second pod.
+    #[serde(default = "default_replicas")]
+    #[x_kube(validation = Rule::new("self == 1").message("Headscale cannot share its database: replicas must be 1"))]
+    pub replicas: i32,
 
     /// Container image repository; the tag is the version.
     #[serde(default = "default_image")]
     pub image: String,
 
-    /// The URL clients use to reach this server (Headscale's `server_url`).
-    #[x_kube(validation = Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https']").message("serverUrl must be an absolute http:// or https:// URL"))]
+    /// The URL clients use to reach this server (Headscale's `server_url`), e.g.
+    /// `https://headscale.example.com`: scheme and host (and port), nothing else.
+    /// Headscale serves at the root of its host, and the embedded DERP relay is
+    /// announced under this host.
+    #[x_kube(validation = Rule::new("(self.startsWith('http://') || self.startsWith('https://')) && isURL(self) && url(self).getHostname() != ''").message("serverUrl must be an absolute http:// or https:// URL, e.g. https://headscale.example.com"))]
+    #[x_kube(validation = Rule::new("!self.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*@')").message("serverUrl must not carry credentials (user:password@)"))]
+    #[x_kube(validation = Rule::new("!self.contains('?') && !self.contains('#')").message("serverUrl must not have a query (?...) or a fragment (#...)"))]
+    #[x_kube(validation = Rule::new("!isURL(self) || url(self).getEscapedPath() in ['', '/']").message("serverUrl must not have a path: Headscale serves at the root of its host"))]
+    #[schemars(length(min = 1, max = 2048))]
     pub server_url: String,
 
     /// Where Headscale keeps its state.
@@ -113,6 +129,21 @@ pub struct ManagedSpec {
     /// OpenID Connect login for nodes. Unset means no OIDC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oidc: Option<OidcSpec>,
+
+    /// Default key expiry of untagged nodes that do not ask for one at login
+    /// (Headscale's `node.expiry` on 0.29; on 0.28, which has no such setting, it
+    /// applies to OIDC logins only as `oidc.expiry`). `0` means nodes never expire.
+    /// Tagged nodes never expire. The default, 180 days, is Tailscale's.
+    #[serde(default = "default_node_expiry")]
+    #[schemars(regex(pattern = r"^(0|([0-9]+(ms|s|m|h|d|w))+)$"))]
+    pub node_expiry: String,
+
+    /// How long an ephemeral node may stay disconnected before Headscale deletes it
+    /// (`node.ephemeral.inactivity_timeout` on 0.29, `ephemeral_node_inactivity_timeout`
+    /// on 0.28). Headscale requires more than 65s.
+    #[serde(default = "default_ephemeral_timeout")]
+    #[schemars(regex(pattern = r"^(0|([0-9]+(ms|s|m|h|d|w))+)$"))]
+    pub ephemeral_inactivity_timeout: String,
 
     /// How Headscale logs.
     #[serde(default)]
@@ -135,9 +166,20 @@ fn default_image() -> String {
     "docker.io/headscale/headscale".to_string()
 }
 
+fn default_replicas() -> i32 {
+    1
+}
+fn default_node_expiry() -> String {
+    "180d".to_string()
+}
+fn default_ephemeral_timeout() -> String {
+    "30m".to_string()
+}
+
 /// Database backend.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = Rule::new("self.type != 'Postgres' || has(self.postgres)").message("database.postgres must be set when database.type is Postgres"))]
+#[x_kube(validation = Rule::new("self.type == 'Postgres' || !has(self.postgres)").message("database.postgres is only read when database.type is Postgres: set type: Postgres, or remove postgres"))]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseSpec {
     /// `Sqlite` (recommended by Headscale) or `Postgres`.
@@ -204,19 +246,22 @@ fn default_storage_size() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct PostgresSpec {
     /// Host name or address of the Postgres server.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[^\s'\\=]+$"))]
     pub host: String,
     /// Port of the Postgres server.
     #[serde(default = "default_pg_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
-    /// Database name.
-    #[schemars(length(min = 1))]
+    /// Database name (no spaces, quotes or backslashes: Headscale passes it unquoted).
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[^\s'\\=]+$"))]
     pub database: String,
-    /// User name.
-    #[schemars(length(min = 1))]
+    /// User name (no spaces, quotes or backslashes: Headscale passes it unquoted).
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[^\s'\\=]+$"))]
     pub user: String,
-    /// Secret key with the user's password.
+    /// Secret key with the user's password. It reaches Headscale only as the
+    /// environment variable `HEADSCALE_DATABASE_POSTGRES_PASS`, never in the
+    /// configuration. Headscale passes it to the driver unquoted, so it must not
+    /// contain spaces, quotes or backslashes.
     pub password_secret_ref: SecretKeyRef,
     /// libpq sslmode: `disable`, `require`, `verify-ca` or `verify-full`.
     #[serde(default = "default_ssl_mode")]
@@ -231,15 +276,24 @@ fn default_ssl_mode() -> String {
     "require".to_string()
 }
 
-/// Tailnet IP ranges; each must lie inside Tailscale's ranges.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+/// Tailnet IP ranges. Tailscale clients only work inside 100.64.0.0/10 and
+/// fd7a:115c:a1e0::/48, so each range must lie inside those; set one to `""` to run
+/// single-stack (at least one is required).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.v4 != '' || self.v6 != ''").message("prefixes: at least one of v4 or v6 must be set"))]
 #[serde(rename_all = "camelCase")]
 pub struct PrefixesSpec {
-    /// IPv4 range inside 100.64.0.0/10.
+    /// IPv4 range inside 100.64.0.0/10, e.g. `100.64.0.0/10` (default) or
+    /// `100.64.0.0/24`; `""` for no IPv4 addresses.
     #[serde(default = "default_v4")]
+    #[x_kube(validation = Rule::new("self == '' || (isCIDR(self) && cidr(self) == cidr(self).masked() && cidr('100.64.0.0/10').containsCIDR(self))").message("prefixes.v4 must be a network inside 100.64.0.0/10 written without host bits (e.g. 100.64.0.0/10 or 100.64.0.0/24): Tailscale clients do not work with other ranges"))]
+    #[schemars(length(max = 64))]
     pub v4: String,
-    /// IPv6 range inside fd7a:115c:a1e0::/48.
+    /// IPv6 range inside fd7a:115c:a1e0::/48, e.g. `fd7a:115c:a1e0::/48` (default);
+    /// `""` for no IPv6 addresses.
     #[serde(default = "default_v6")]
+    #[x_kube(validation = Rule::new("self == '' || (isCIDR(self) && cidr(self) == cidr(self).masked() && cidr('fd7a:115c:a1e0::/48').containsCIDR(self))").message("prefixes.v6 must be a network inside fd7a:115c:a1e0::/48 written without host bits (e.g. fd7a:115c:a1e0::/48): Tailscale clients do not work with other ranges"))]
+    #[schemars(length(max = 64))]
     pub v6: String,
     /// `Sequential` or `Random` address allocation.
     #[serde(default)]
@@ -270,26 +324,103 @@ pub enum Allocation {
     Random,
 }
 
-/// Relays. Headscale needs at least one region; nothing is fetched from the
-/// internet unless listed in `urls`.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+/// Relays (DERP). Clients need at least one region. By default Headscale runs its own
+/// relay (embedded DERP server, with STUN on UDP 3478) and nothing is fetched from the
+/// internet; a DERP map is fetched only from the `urls` listed here, at every start
+/// (a URL that cannot be fetched stops Headscale from starting).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.embedded || size(self.urls) > 0").message("derp needs at least one relay: keep derp.embedded: true (the default), or list a DERP map in derp.urls"))]
 #[serde(rename_all = "camelCase")]
 pub struct DerpSpec {
-    /// Run Headscale's embedded DERP relay (needs UDP 3478 reachable by clients).
-    #[serde(default)]
+    /// Run Headscale's embedded DERP relay and announce it as a region of its own
+    /// under the server URL's host (clients need UDP 3478 for STUN).
+    #[serde(default = "default_true")]
     pub embedded: bool,
-    /// DERP map URLs to fetch, e.g. `https://controlplane.tailscale.com/derpmap/default`.
+    /// The embedded relay's region as clients see it.
     #[serde(default)]
+    pub region: DerpRegionSpec,
+    /// Public IPv4 address of the embedded relay, announced to clients so they can
+    /// skip DNS; unset announces only the server URL's host name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("isIP(self) && ip(self).family() == 4").message("derp.ipv4 must be an IPv4 address"))]
+    #[schemars(length(max = 64))]
+    pub ipv4: Option<String>,
+    /// Public IPv6 address of the embedded relay; unset announces none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("isIP(self) && ip(self).family() == 6").message("derp.ipv6 must be an IPv6 address"))]
+    #[schemars(length(max = 64))]
+    pub ipv6: Option<String>,
+    /// DERP map URLs to fetch at start, e.g.
+    /// `https://controlplane.tailscale.com/derpmap/default` (Tailscale's public relays).
+    /// Empty by default: nothing is fetched from the internet.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self.all(u, isURL(u) && url(u).getScheme() in ['http', 'https'] && url(u).getHostname() != '')").message("every derp.urls entry must be an absolute http:// or https:// URL"))]
+    #[schemars(length(max = 8), inner(length(max = 2048)))]
     pub urls: Vec<String>,
 }
 
-/// OpenID Connect settings for node login.
+impl Default for DerpSpec {
+    fn default() -> Self {
+        Self {
+            embedded: true,
+            region: DerpRegionSpec::default(),
+            ipv4: None,
+            ipv6: None,
+            urls: Vec::new(),
+        }
+    }
+}
+
+/// The region of the embedded DERP relay.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+pub struct DerpRegionSpec {
+    /// Region id; 900-999 are free for custom regions (Tailscale's own use lower ids).
+    #[serde(default = "default_region_id")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub id: i32,
+    /// Short region code shown by `tailscale netcheck`.
+    #[serde(default = "default_region_code")]
+    #[schemars(length(min = 1, max = 32), regex(pattern = r"^[a-z0-9-]+$"))]
+    pub code: String,
+    /// Human-readable region name.
+    #[serde(default = "default_region_name")]
+    #[schemars(length(min = 1, max = 64))]
+    pub name: String,
+}
+
+impl Default for DerpRegionSpec {
+    fn default() -> Self {
+        Self {
+            id: default_region_id(),
+            code: default_region_code(),
+            name: default_region_name(),
+        }
+    }
+}
+
+fn default_region_id() -> i32 {
+    999
+}
+fn default_region_code() -> String {
+    "headscale".to_string()
+}
+fn default_region_name() -> String {
+    "Headscale Embedded DERP".to_string()
+}
+
+/// OpenID Connect settings for node login.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
 pub struct OidcSpec {
-    /// Issuer URL of the identity provider.
+    /// Issuer URL of the identity provider, e.g. `https://accounts.google.com`.
+    /// Headscale fetches its discovery document at every start and does not start
+    /// while the provider is unreachable.
+    #[x_kube(validation = Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != ''").message("oidc.issuer must be an absolute http:// or https:// URL"))]
+    #[schemars(length(min = 1, max = 2048))]
     pub issuer: String,
     /// OAuth client id.
+    #[schemars(length(min = 1, max = 512))]
     pub client_id: String,
     /// Secret key with the OAuth client secret; mounted as a file, never rendered
     /// into the config.

@@ -582,6 +582,28 @@ mod tests {
     }
 
     #[test]
+    fn mounts_are_where_the_rendered_config_looks() {
+        let l = crate::render::Layout::pod();
+        let p = |p: &std::path::Path| p.to_str().unwrap().to_string();
+        assert_eq!(p(&l.config_file), paths::CONFIG_FILE);
+        assert_eq!(p(l.config_dir()), paths::CONFIG_DIR);
+        assert_eq!(p(&l.keys_dir), paths::KEYS_DIR);
+        assert_eq!(p(&l.noise_key), format!("{}/{NOISE_KEY}", paths::KEYS_DIR));
+        assert_eq!(p(&l.derp_key), format!("{}/{DERP_KEY}", paths::KEYS_DIR));
+        assert_eq!(
+            p(&l.oidc_client_secret),
+            format!("{}/{OIDC_SECRET_FILE}", paths::OIDC_DIR)
+        );
+        assert_eq!(p(&l.data_dir), paths::DATA_DIR);
+        assert_eq!(p(&l.socket_dir), paths::SOCKET_DIR);
+        assert_eq!(p(&l.socket), paths::SOCKET);
+        assert_eq!(
+            (l.http_port, l.metrics_port, l.stun_port),
+            (HTTP_PORT, METRICS_PORT, STUN_PORT)
+        );
+    }
+
+    #[test]
     fn the_keyholder_role_names_one_secret() {
         let hs = server(json!({"version": "0.29.2", "serverUrl": "https://hs.example.com"}));
         let r = role(&hs, &Names::of("corp"));

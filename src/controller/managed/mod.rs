@@ -372,8 +372,8 @@ async fn ensure_keys(
     let secret = match existing {
         Some(s) => s,
         None => {
-            let noise = render::generate_private_key();
-            let derp = render::generate_private_key();
+            let noise = render::generate_private_key().map_err(|e| Error::Build(e.to_string()))?;
+            let derp = render::generate_private_key().map_err(|e| Error::Build(e.to_string()))?;
             let obj = build::keys_secret(hs, names, noise.expose(), derp.expose());
             let secret: Secret = serde_json::from_value(obj).map_err(|e| Error::Build(e.to_string()))?;
             match secrets.create(&PostParams::default(), &secret).await {
