@@ -440,7 +440,7 @@ impl Socket {
     }
 }
 
-/// Why a pass did nothing; logged once per change.
+/// Why a pass did nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Waiting {
     Secret,
@@ -469,53 +469,49 @@ pub async fn run(client: kube::Client, settings: Settings, health: Arc<Health>) 
         rotate_before = %format_duration(settings.policy.rotate_before),
         "keyholder starting"
     );
-    let mut waiting: Option<Waiting> = None;
+    // What the last pass was stuck on: each new state is logged once, repeats at debug.
+    let mut stuck: Option<String> = None;
     loop {
         let outcome = pass(&api, &settings).await;
-        let next = match outcome {
-            Ok(Pass::Waiting(w)) => {
-                if waiting != Some(w) {
-                    match w {
-                        Waiting::Secret => tracing::info!(
-                            secret = %settings.secret,
-                            namespace = %settings.namespace,
-                            "waiting for the Secret to exist (the operator creates it)"
-                        ),
-                        Waiting::Socket => tracing::info!(
-                            socket = %settings.socket.display(),
-                            "waiting for Headscale's socket"
-                        ),
-                    }
-                }
-                waiting = Some(w);
-                health.passed(false);
-                match w {
-                    Waiting::Socket => SOCKET_POLL,
-                    Waiting::Secret => settings.interval,
-                }
-            }
+        let (state, next) = match outcome {
             Ok(Pass::Done {
                 resource_version,
                 recheck_in,
             }) => {
-                if waiting.take().is_some() {
-                    tracing::info!("Secret and socket are there");
+                if stuck.take().is_some() {
+                    tracing::info!("Secret and socket are there; the key is in order");
                 }
                 health.passed(true);
                 let wait = recheck_in.map_or(settings.interval, |r| r.min(settings.interval));
                 watch_for_change(&api, &settings.secret, &resource_version, wait).await;
                 continue;
             }
-            Err(e) => {
-                waiting = None;
-                health.passed(false);
-                tracing::warn!(reason = e.reason(), error = %e, "keyholder pass failed; retrying");
-                match e {
-                    Error::Socket(SocketError::Connect(_)) => SOCKET_POLL.max(settings.interval / 10),
-                    _ => settings.interval,
-                }
-            }
+            Ok(Pass::Waiting(Waiting::Secret)) => (
+                format!(
+                    "waiting for the Secret {}/{} to exist (the operator creates it)",
+                    settings.namespace, settings.secret
+                ),
+                settings.interval,
+            ),
+            Ok(Pass::Waiting(Waiting::Socket)) => (
+                format!("waiting for Headscale's socket {}", settings.socket.display()),
+                SOCKET_POLL,
+            ),
+            // Headscale starting or restarting (or a socket we may not use: the error says).
+            Err(e @ Error::Socket(SocketError::Connect(_))) => (e.to_string(), SOCKET_POLL),
+            Err(e) => (e.to_string(), settings.interval),
         };
+        health.passed(false);
+        if stuck.as_deref() != Some(state.as_str()) {
+            if state.starts_with("waiting") {
+                tracing::info!("{state}");
+            } else {
+                tracing::warn!(error = %state, "keyholder pass failed; retrying");
+            }
+        } else {
+            tracing::debug!("{state}");
+        }
+        stuck = Some(state);
         tokio::time::sleep(next).await;
     }
 }
@@ -555,9 +551,10 @@ async fn pass(api: &Api<Secret>, settings: &Settings) -> Result<Pass, Error> {
         now,
     )
     .await?;
+    // The next pass, an interval from now (or sooner on a change), works out when
+    // the new state falls due.
     Ok(Pass::Done {
         resource_version,
-        // Look again at once: the patch changed what the next pass sees.
         recheck_in: None,
     })
 }
@@ -591,10 +588,7 @@ async fn act(
     if let Some(reason) = plan.mint {
         // Whole seconds, so the annotation reads cleanly.
         let lifetime = SignedDuration::try_from(settings.policy.lifetime).unwrap_or(SignedDuration::MAX);
-        let expiration = Timestamp::from_second(now.as_second())
-            .ok()
-            .and_then(|t| t.checked_add(lifetime).ok())
-            .unwrap_or(Timestamp::MAX);
+        let expiration = whole_seconds(now).checked_add(lifetime).unwrap_or(Timestamp::MAX);
         let key = NewApiKey::from_key(socket.create(expiration).await?);
         let listed = socket
             .list()
@@ -605,9 +599,12 @@ async fn act(
                 prefix: key.prefix.clone(),
             })?;
         let grace = SignedDuration::try_from(settings.policy.grace).unwrap_or(SignedDuration::MAX);
-        let retire = plan
-            .retire
-            .map(|id| (id, now.checked_add(grace).unwrap_or(Timestamp::MAX)));
+        let retire = plan.retire.map(|id| {
+            (
+                id,
+                whole_seconds(now).checked_add(grace).unwrap_or(Timestamp::MAX),
+            )
+        });
         match patch(store::mint_patch(resource_version, &key.key, &listed, retire)).await {
             Ok(s) => *resource_version = s.metadata.resource_version.unwrap_or_default(),
             Err(e) => {
@@ -634,34 +631,47 @@ async fn act(
     Ok(())
 }
 
+fn whole_seconds(t: Timestamp) -> Timestamp {
+    Timestamp::from_second(t.as_second()).unwrap_or(t)
+}
+
 /// Waits until the Secret changes after `resource_version`, or `wait` passes.
 async fn watch_for_change(api: &Api<Secret>, name: &str, resource_version: &str, wait: Duration) {
-    let wait = wait.max(Duration::from_secs(1));
-    let deadline = tokio::time::Instant::now() + wait;
-    let params = WatchParams::default()
-        .fields(&format!("metadata.name={name}"))
-        .timeout(u32::try_from(wait.as_secs()).unwrap_or(u32::MAX).max(1));
+    let deadline = tokio::time::Instant::now() + wait.max(Duration::from_secs(1));
     let watched = async {
-        match api.watch(&params, resource_version).await {
-            Ok(stream) => {
-                let mut stream = std::pin::pin!(stream);
-                while let Some(event) = stream.next().await {
-                    match event {
-                        Ok(WatchEvent::Added(_) | WatchEvent::Modified(_) | WatchEvent::Deleted(_)) => return,
-                        Ok(WatchEvent::Bookmark(_)) => continue,
-                        // 410 Gone and the like: the next pass reads afresh.
-                        Ok(WatchEvent::Error(e)) => {
-                            tracing::debug!(code = e.code, message = %e.message, "Secret watch ended");
-                            break;
-                        }
-                        Err(e) => {
-                            tracing::debug!(error = %e, "Secret watch failed");
-                            break;
-                        }
+        // The API server may end a watch early; watch again until the deadline.
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let params = WatchParams::default()
+                .fields(&format!("metadata.name={name}"))
+                .timeout(u32::try_from(left.as_secs()).unwrap_or(u32::MAX).clamp(1, 290));
+            let stream = match api.watch(&params, resource_version).await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot watch the Secret; polling");
+                    break;
+                }
+            };
+            let started = tokio::time::Instant::now();
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(WatchEvent::Added(_) | WatchEvent::Modified(_) | WatchEvent::Deleted(_)) => return,
+                    Ok(WatchEvent::Bookmark(_)) => {}
+                    // 410 Gone and the like: the next pass reads afresh.
+                    Ok(WatchEvent::Error(e)) => {
+                        tracing::debug!(code = e.code, message = %e.message, "Secret watch ended");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "Secret watch failed; polling");
+                        tokio::time::sleep_until(deadline).await;
+                        return;
                     }
                 }
             }
-            Err(e) => tracing::debug!(error = %e, "cannot watch the Secret; polling"),
+            // Never a tight loop of watches that end at once.
+            tokio::time::sleep_until(started + Duration::from_secs(1)).await;
         }
         tokio::time::sleep_until(deadline).await;
     };
