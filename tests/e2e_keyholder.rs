@@ -146,6 +146,22 @@ impl Env {
     }
 }
 
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+async fn probe_status(addr: &str, path: &str) -> u16 {
+    let url = format!("http://{addr}/{path}");
+    for _ in 0..50 {
+        if let Ok(r) = reqwest::get(&url).await {
+            return r.status().as_u16();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{url} does not answer")
+}
+
 /// What the keyholder stored.
 #[derive(Clone, Debug)]
 struct Stored {
@@ -229,7 +245,18 @@ async fn scenario(version: &str) {
     let mut seen_keys = Vec::new();
 
     // Phase A: long keys, a long grace: only a confirmation ends it early.
-    let mut kh = Keyholder::start(&env, &["--key-lifetime", "1h", "--rotate-before", "10m"]);
+    let probe = free_addr();
+    let mut kh = Keyholder::start(
+        &env,
+        &[
+            "--key-lifetime",
+            "1h",
+            "--rotate-before",
+            "10m",
+            "--probe-addr",
+            &probe,
+        ],
+    );
 
     // No Secret yet: the keyholder waits, it does not exit.
     wait_for("the keyholder to wait for the Secret", WAIT, || async {
@@ -239,6 +266,8 @@ async fn scenario(version: &str) {
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     kh.assert_running(&env);
+    assert_eq!(probe_status(&probe, "healthz").await, 200);
+    assert_eq!(probe_status(&probe, "readyz").await, 503, "no key yet");
 
     // The operator's empty Secret: the first key arrives.
     let empty: Secret = serde_json::from_value(json!({"metadata": {"name": SECRET}})).unwrap();
@@ -266,6 +295,13 @@ async fn scenario(version: &str) {
     let c1 = env.headscale(&first.key);
     c1.health().await.expect("the minted key works");
     c1.list_users().await.expect("the minted key works");
+    wait_for("/readyz to report the key", WAIT, || async {
+        match probe_status(&probe, "readyz").await {
+            200 => Ok(()),
+            code => Err(format!("HTTP {code}")),
+        }
+    })
+    .await;
 
     // The operator finds it rejected: a new key at once, the old one kept for the grace.
     env.annotate(json!({ANNOTATION_REJECTED: "true"})).await;

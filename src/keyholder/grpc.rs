@@ -276,6 +276,17 @@ mod tests {
         assert_eq!(back.to_timestamp(), Some(t));
     }
 
+    #[tokio::test]
+    async fn a_missing_socket_is_a_connect_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = GrpcSocket::connect(&dir.path().join("hs.sock"), Duration::from_secs(1))
+            .await
+            .err()
+            .expect("no socket, no connection");
+        assert!(matches!(err, SocketError::Connect(_)), "{err}");
+        assert!(err.to_string().contains("No such file"), "{err}");
+    }
+
     #[test]
     fn the_created_key_is_not_debug_printed() {
         let resp = CreateApiKeyResponse {

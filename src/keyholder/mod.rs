@@ -497,17 +497,27 @@ pub async fn run(client: kube::Client, settings: Settings, health: Arc<Health>) 
                 format!("waiting for Headscale's socket {}", settings.socket.display()),
                 SOCKET_POLL,
             ),
-            // Headscale starting or restarting (or a socket we may not use: the error says).
-            Err(e @ Error::Socket(SocketError::Connect(_))) => (e.to_string(), SOCKET_POLL),
-            Err(e) => (e.to_string(), settings.interval),
+            Err(e) => {
+                // Headscale starting or restarting (or a socket we may not use: the error says).
+                let next = match e {
+                    Error::Socket(SocketError::Connect(_)) => SOCKET_POLL,
+                    _ => settings.interval,
+                };
+                let state = e.to_string();
+                if stuck.as_deref() != Some(state.as_str()) {
+                    tracing::warn!(reason = e.reason(), error = %state, "keyholder pass failed; retrying");
+                } else {
+                    tracing::debug!(reason = e.reason(), error = %state, "keyholder pass failed again");
+                }
+                health.passed(false);
+                stuck = Some(state);
+                tokio::time::sleep(next).await;
+                continue;
+            }
         };
         health.passed(false);
         if stuck.as_deref() != Some(state.as_str()) {
-            if state.starts_with("waiting") {
-                tracing::info!("{state}");
-            } else {
-                tracing::warn!(error = %state, "keyholder pass failed; retrying");
-            }
+            tracing::info!("{state}");
         } else {
             tracing::debug!("{state}");
         }
