@@ -4,6 +4,7 @@ pub mod api;
 pub mod controller;
 pub mod headscale;
 pub mod http;
+pub mod keyholder;
 pub mod leader;
 pub mod metrics;
 pub mod policy;

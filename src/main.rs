@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 use headscale_operator::api;
 use headscale_operator::controller::{self, Settings};
 use headscale_operator::http::{self, ProbeState};
+use headscale_operator::keyholder;
 use headscale_operator::leader::{Elector, LeaseConfig};
 use headscale_operator::metrics::Metrics;
 use headscale_operator::telemetry::{self, LogFormat};
@@ -40,6 +41,9 @@ enum Command {
     },
     /// Print the operator's version.
     Version,
+    /// Sidecar of a managed Headscale pod: mint the operator's API key over Headscale's
+    /// unix socket and keep it in a Secret.
+    Keyholder(keyholder::Args),
 }
 
 #[derive(clap::Args)]
@@ -95,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run(args).await,
         Command::Crd { dir } => write_crds(dir),
+        Command::Keyholder(args) => run_keyholder(args).await,
         Command::Version => {
             println!("headscale-operator {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -187,6 +192,36 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         elector.release().await;
     }
     outcome
+}
+
+async fn run_keyholder(args: keyholder::Args) -> anyhow::Result<()> {
+    telemetry::init(args.log_format, &args.log_level);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let settings = keyholder::Settings::from_args(&args)?;
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to Kubernetes")?;
+    let health = Arc::new(keyholder::Health::default());
+    let probes = {
+        let (health, interval) = (health.clone(), settings.interval);
+        async move {
+            match args.probe_addr {
+                Some(addr) => keyholder::serve_probes(addr, health, interval)
+                    .await
+                    .with_context(|| format!("probe endpoint on {addr}")),
+                None => std::future::pending().await,
+            }
+        }
+    };
+    // PID 1 in its container: SIGTERM must be handled to stop at all.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        () = keyholder::run(client, settings, health) => Ok(()),
+        res = probes => res,
+        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = term.recv() => Ok(()),
+    }
 }
 
 /// This replica's name in the Lease: the pod name in a cluster, else host and pid.

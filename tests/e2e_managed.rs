@@ -567,14 +567,20 @@ async fn bad_managed_specs_are_refused_and_change_nothing() {
     create_server(&client, managed("good", &ns, "0.29.2", &class, json!({}))).await;
     wait_reason(&client, &ns, "good", "ApiKeyPending").await;
     let before = child_versions(&client, &ns, "good").await;
+    // (Headscale refuses an ephemeral timeout of 65 s or less at start; the schema
+    // cannot tell, validation does.)
     patch_server(
         &client,
         &ns,
         "good",
-        json!({"spec": {"managed": {"version": "0.27.1"}}}),
+        json!({"spec": {"managed": {"ephemeralInactivityTimeout": "60s"}}}),
     )
     .await;
-    wait_reason(&client, &ns, "good", "UnsupportedVersion").await;
+    let msg = wait_reason(&client, &ns, "good", "InvalidDuration").await;
+    assert!(
+        msg.contains("65s") && msg.contains("nothing was changed"),
+        "{msg}"
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         child_versions(&client, &ns, "good").await,
@@ -610,13 +616,16 @@ async fn bad_managed_specs_are_refused_and_change_nothing() {
 struct RealPod {
     dir: PathBuf,
     child: Child,
+    keyholder: Option<Child>,
     url: String,
 }
 
 impl Drop for RealPod {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for c in std::iter::once(&mut self.child).chain(self.keyholder.as_mut()) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
@@ -696,7 +705,12 @@ impl RealPod {
             .stderr(log)
             .spawn()
             .expect("start headscale");
-        let pod = RealPod { dir, child, url };
+        let pod = RealPod {
+            dir,
+            child,
+            keyholder: None,
+            url,
+        };
         let health = format!("{}/health", pod.url);
         wait_for("real headscale healthy", WAIT, || async {
             let out = Command::new("curl").args(["-fsS", &health]).output().unwrap();
@@ -710,38 +724,49 @@ impl RealPod {
         pod
     }
 
-    /// Mints an API key over the socket (no key needed there) into `NAME-api-key`.
-    async fn mint_key(&self, client: &Client, ns: &str, name: &str, version: &str) -> String {
-        let out = Command::new(headscale_bin(version))
-            .args(["-c"])
-            .arg(self.dir.join("etc/config/config.yaml"))
-            .args(["apikeys", "create", "--expiration", "1d"])
-            .env("HEADSCALE_DISABLE_CHECK_UPDATES", "true")
-            .output()
-            .expect("headscale apikeys create");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let key = String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .lines()
-            .last()
-            .unwrap()
-            .to_string();
-        let patch = json!({
-            "metadata": {"annotations": {
-                "headscale.operator.dev/api-key-id": "1",
-                "headscale.operator.dev/api-key-expiration": "2099-01-01T00:00:00Z",
-            }},
-            "stringData": {"apiKey": key},
-        });
-        Api::<Secret>::namespaced(client.clone(), ns)
-            .patch(
-                &format!("{name}-api-key"),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
+    /// Runs the keyholder container as the StatefulSet describes it (its args, with
+    /// the socket and probe address moved here) under a token of the server's own
+    /// ServiceAccount, so the operator's Role for it is what is tested.
+    async fn start_keyholder(&mut self, client: &Client, ns: &str, name: &str) {
+        let sts = Api::<StatefulSet>::namespaced(client.clone(), ns)
+            .get(name)
             .await
             .unwrap();
-        key
+        let pod = sts.spec.template.spec.unwrap();
+        let container = pod.containers.iter().find(|c| c.name == "keyholder").unwrap();
+        let mut args = container.args.clone().unwrap();
+        let socket = self.dir.join("run/headscale.sock");
+        for i in 0..args.len() {
+            if args[i] == "--socket" {
+                args[i + 1] = socket.display().to_string();
+            }
+            if args[i] == "--probe-addr" {
+                args[i + 1] = format!("127.0.0.1:{}", free_port());
+            }
+        }
+        let sa = pod.service_account_name.unwrap();
+        let out = kubectl(&["-n", ns, "create", "token", &sa, "--duration", "1h"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let mut config: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(kubeconfig()).unwrap()).unwrap();
+        config["users"][0]["user"] = serde_yaml::to_value(json!({"token": token})).unwrap();
+        let kubeconfig = self.dir.join("keyholder.kubeconfig");
+        std::fs::write(&kubeconfig, serde_yaml::to_string(&config).unwrap()).unwrap();
+        let log = std::fs::File::create(self.dir.join("keyholder.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_headscale-operator"))
+            .env("KUBECONFIG", &kubeconfig)
+            .env("POD_NAMESPACE", ns)
+            .args(&args)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start the keyholder");
+        self.keyholder = Some(child);
+    }
+
+    fn keyholder_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("keyholder.log")).unwrap_or_default()
     }
 }
 
@@ -751,7 +776,7 @@ async fn becomes_ready_with_real_headscale(version: &str) {
     let class = volume_for(&client, &ns).await;
     create_server(&client, managed("hs", &ns, version, &class, json!({}))).await;
     wait_reason(&client, &ns, "hs", "ApiKeyPending").await;
-    let pod = RealPod::start(&client, &ns, "hs", version).await;
+    let mut pod = RealPod::start(&client, &ns, "hs", version).await;
     patch_server(
         &client,
         &ns,
@@ -759,7 +784,7 @@ async fn becomes_ready_with_real_headscale(version: &str) {
         json!({"metadata": {"annotations": {"headscale.operator.dev/endpoint": pod.url}}}),
     )
     .await;
-    let key = pod.mint_key(&client, &ns, "hs", version).await;
+    pod.start_keyholder(&client, &ns, "hs").await;
     let msg = wait_reason(&client, &ns, "hs", "Ready").await;
     assert!(msg.contains(version), "{msg}");
     let hs = Api::<HeadscaleServer>::namespaced(client.clone(), &ns)
@@ -768,8 +793,63 @@ async fn becomes_ready_with_real_headscale(version: &str) {
         .unwrap();
     let status = hs.status.clone().unwrap();
     assert_eq!(status.endpoint.as_deref(), Some(pod.url.as_str()));
-    assert_eq!(status.api_key.unwrap().id.as_deref(), Some("1"));
+    let key_id = status
+        .api_key
+        .clone()
+        .and_then(|k| k.id)
+        .expect("status names the key id");
+    assert!(status.api_key.unwrap().expiration.is_some());
     assert!(status.config_hash.is_some());
+    // The operator confirms the key it used, so the keyholder may retire older ones.
+    let secret = wait_for("the key confirmed", WAIT, || async {
+        let s = Api::<Secret>::namespaced(client.clone(), &ns)
+            .get("hs-api-key")
+            .await
+            .unwrap();
+        match s.annotations().get("headscale.operator.dev/api-key-confirmed-id") {
+            Some(id) if *id == key_id => Ok(s),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let key = String::from_utf8(secret.data.unwrap()["apiKey"].0.clone()).unwrap();
+
+    // A rejected key heals itself: expire it behind the operator's back; the operator
+    // sees 401, marks it, the keyholder mints a new one, the server is Ready again.
+    let admin = headscale_operator::headscale::Client::new(
+        &pod.url,
+        headscale_operator::secret::SecretString::new(key.clone()),
+    )
+    .unwrap();
+    let id: headscale_operator::headscale::ApiKeyId = key_id.parse().unwrap();
+    admin
+        .expire_api_key(&headscale_operator::headscale::ApiKeyRef::Id(id))
+        .await
+        .unwrap();
+    wait_for("a new key and Ready", WAIT, || async {
+        let hs = Api::<HeadscaleServer>::namespaced(client.clone(), &ns)
+            .get("hs")
+            .await
+            .unwrap();
+        let s = hs.status.unwrap();
+        let ready = s
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        let new_id = s.api_key.and_then(|k| k.id);
+        if ready && new_id.as_deref() != Some(key_id.as_str()) {
+            Ok(())
+        } else {
+            Err(format!("ready {ready}, key {new_id:?}"))
+        }
+    })
+    .await;
+    let reasons: Vec<String> = events(&client, &ns)
+        .await
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(reasons.iter().any(|r| r == "ApiKeyRejected"), "{reasons:?}");
 
     // No key in the ConfigMap, the server's status and spec, Events or the log.
     let keys = Api::<Secret>::namespaced(client.clone(), &ns)
@@ -793,6 +873,10 @@ async fn becomes_ready_with_real_headscale(version: &str) {
         &[&key, &noise_hex, derp.trim_start_matches("privkey:")],
     )
     .await;
+    assert!(
+        !pod.keyholder_log().contains(&key),
+        "the keyholder logged the key"
+    );
 }
 
 #[tokio::test]

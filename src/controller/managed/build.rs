@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 
 use crate::api::HeadscaleServer;
 use crate::api::server::{DatabaseType, ManagedSpec};
+use crate::keyholder;
 
 pub const HTTP_PORT: u16 = 8080;
 pub const METRICS_PORT: u16 = 9090;
@@ -36,8 +37,8 @@ pub mod paths {
     pub const KEYS_DIR: &str = "/etc/headscale/keys";
     pub const OIDC_DIR: &str = "/etc/headscale/oidc";
     pub const DATA_DIR: &str = "/var/lib/headscale";
-    pub const SOCKET_DIR: &str = "/var/run/headscale";
-    pub const SOCKET: &str = "/var/run/headscale/headscale.sock";
+    pub const SOCKET_DIR: &str = crate::keyholder::SOCKET_DIR;
+    pub const SOCKET: &str = crate::keyholder::SOCKET_PATH;
     pub const SA_TOKEN_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 }
 
@@ -191,12 +192,7 @@ pub fn role(hs: &HeadscaleServer, names: &Names) -> Value {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
         "metadata": metadata(hs, &names.role, "keyholder"),
-        "rules": [{
-            "apiGroups": [""],
-            "resources": ["secrets"],
-            "resourceNames": [names.api_key_secret],
-            "verbs": ["get", "list", "watch", "patch"],
-        }],
+        "rules": keyholder::role_rules(&names.api_key_secret),
     })
 }
 
@@ -273,7 +269,7 @@ pub fn statefulset(hs: &HeadscaleServer, names: &Names, spec: &ManagedSpec, inpu
         json!({"name": "config", "configMap": {"name": names.config_map}}),
         // 0400: with fsGroup the kubelet adds group read for the non-root user.
         json!({"name": "keys", "secret": {"secretName": names.keys_secret, "defaultMode": 0o400}}),
-        json!({"name": "socket", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
+        json!({"name": keyholder::SOCKET_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
         json!({"name": "keyholder-token", "projected": {"defaultMode": 0o400, "sources": [
             {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}},
             {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
@@ -283,7 +279,7 @@ pub fn statefulset(hs: &HeadscaleServer, names: &Names, spec: &ManagedSpec, inpu
     let mut mounts = vec![
         json!({"name": "config", "mountPath": paths::CONFIG_DIR, "readOnly": true}),
         json!({"name": "keys", "mountPath": paths::KEYS_DIR, "readOnly": true}),
-        json!({"name": "socket", "mountPath": paths::SOCKET_DIR}),
+        json!({"name": keyholder::SOCKET_VOLUME, "mountPath": paths::SOCKET_DIR}),
         json!({"name": "data", "mountPath": paths::DATA_DIR}),
     ];
     if !sqlite {
@@ -340,14 +336,22 @@ pub fn statefulset(hs: &HeadscaleServer, names: &Names, spec: &ManagedSpec, inpu
         headscale["resources"] = json!(resources);
     }
     let keyholder = json!({
-        "name": "keyholder",
+        "name": keyholder::CONTAINER_NAME,
         "image": input.settings.keyholder_image,
-        "args": keyholder_args(hs, names, spec),
-        "env": [{"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}],
+        "args": keyholder_args(names, spec),
+        "env": keyholder::container_env(),
+        "ports": [{"name": "keyholder", "containerPort": keyholder::PROBE_PORT, "protocol": "TCP"}],
         "volumeMounts": [
-            {"name": "socket", "mountPath": paths::SOCKET_DIR},
+            {"name": keyholder::SOCKET_VOLUME, "mountPath": paths::SOCKET_DIR},
             {"name": "keyholder-token", "mountPath": paths::SA_TOKEN_DIR, "readOnly": true},
         ],
+        // Liveness only: a readiness probe would take Headscale out of its Service
+        // whenever the operator's key is missing.
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": keyholder::PROBE_PORT},
+            "periodSeconds": 30,
+            "failureThreshold": 4,
+        },
         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
         "securityContext": restricted,
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -408,21 +412,13 @@ pub fn statefulset(hs: &HeadscaleServer, names: &Names, spec: &ManagedSpec, inpu
 }
 
 /// The keyholder's command line (see `keyholder --help`).
-pub fn keyholder_args(hs: &HeadscaleServer, names: &Names, spec: &ManagedSpec) -> Vec<String> {
-    let _ = hs;
-    vec![
-        "keyholder".into(),
-        "--socket".into(),
-        paths::SOCKET.into(),
-        "--secret".into(),
-        names.api_key_secret.clone(),
-        "--headscale-version".into(),
-        spec.version.trim_start_matches('v').to_string(),
-        "--key-lifetime".into(),
-        spec.api_key.lifetime.clone(),
-        "--rotate-before".into(),
-        spec.api_key.rotate_before.clone(),
-    ]
+pub fn keyholder_args(names: &Names, spec: &ManagedSpec) -> Vec<String> {
+    keyholder::container_args(&keyholder::SidecarArgs {
+        secret_name: &names.api_key_secret,
+        headscale_version: spec.version.trim_start_matches('v'),
+        key_lifetime: &spec.api_key.lifetime,
+        rotate_before: &spec.api_key.rotate_before,
+    })
 }
 
 /// The claim templates of an existing StatefulSet, to keep them (they are immutable).
@@ -509,7 +505,7 @@ mod tests {
         };
         assert!(!mounts(hs_c).contains(&"keyholder-token".to_string()));
         let kh = &pod["containers"][1];
-        assert_eq!(mounts(kh), ["socket", "keyholder-token"]);
+        assert_eq!(mounts(kh), [keyholder::SOCKET_VOLUME, "keyholder-token"]);
         assert_eq!(kh["image"], "op:1");
         let args: Vec<&str> = kh["args"]
             .as_array()
@@ -609,6 +605,6 @@ mod tests {
         let r = role(&hs, &Names::of("corp"));
         assert_eq!(r["rules"].as_array().unwrap().len(), 1);
         assert_eq!(r["rules"][0]["resourceNames"], json!(["corp-api-key"]));
-        assert_eq!(r["rules"][0]["verbs"], json!(["get", "list", "watch", "patch"]));
+        assert_eq!(r["rules"][0]["verbs"], json!(["get", "watch", "patch"]));
     }
 }

@@ -31,12 +31,12 @@ use build::Names;
 
 pub const FIELD_MANAGER: &str = super::server::FIELD_MANAGER;
 
-/// Annotations the keyholder writes on the API key Secret (never the key itself).
-pub const API_KEY_DATA: &str = "apiKey";
-pub const API_KEY_ID_ANNOTATION: &str = "headscale.operator.dev/api-key-id";
-pub const API_KEY_EXPIRATION_ANNOTATION: &str = "headscale.operator.dev/api-key-expiration";
-/// Set by the operator when Headscale refused the key: the keyholder mints a new one.
-pub const API_KEY_REJECTED_ANNOTATION: &str = "headscale.operator.dev/api-key-rejected";
+/// The API key Secret's contract with the keyholder sidecar (see `crate::keyholder`).
+pub use crate::keyholder::{
+    ANNOTATION_CONFIRMED_ID as API_KEY_CONFIRMED_ANNOTATION,
+    ANNOTATION_EXPIRATION as API_KEY_EXPIRATION_ANNOTATION, ANNOTATION_ID as API_KEY_ID_ANNOTATION,
+    ANNOTATION_REJECTED as API_KEY_REJECTED_ANNOTATION, API_KEY_DATA_KEY as API_KEY_DATA,
+};
 /// On the server, and honoured only with `--allow-endpoint-annotation`: the URL the
 /// operator reaches the server at instead of its Service (an operator running outside
 /// the cluster, as in the tests, cannot resolve Service names).
@@ -304,6 +304,25 @@ pub async fn reconcile(
             .with_endpoint(&endpoint),
             extra,
         ));
+    }
+    // The first success with a new key: tell the keyholder, so it expires the key this
+    // one replaced now instead of after its grace period.
+    if matches!(outcome, Outcome::Ready { .. })
+        && let Some(secret) = &key_secret
+        && let Some(id) = secret.annotations().get(API_KEY_ID_ANNOTATION)
+        && secret.annotations().get(API_KEY_CONFIRMED_ANNOTATION) != Some(id)
+    {
+        let patch = json!({"metadata": {"annotations": {API_KEY_CONFIRMED_ANNOTATION: id}}});
+        secrets
+            .patch(
+                &names.api_key_secret,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .map_err(kube_err("confirming the API key"))?;
+        count_write(ctx, hs, "Secret");
+        tracing::info!(server = %format!("{ns}/{name}"), key_id = %id, "confirmed the operator's API key to the keyholder");
     }
     Ok((outcome, extra))
 }
