@@ -7,7 +7,8 @@
 #       the bridge hsop<ID>br with address 10.213.<N>.1/24 (N unique among live runs) and writes
 #       DIR/net.env (HSOP_NET_ID, HSOP_NET_BRIDGE, HSOP_NET_SUBNET, HSOP_NET_ADDR, HSOP_NET_SOCKDIR).
 #       HSOP_NET_ADDR is where Headscale must listen for the clients to reach it.
-#       --owner-pid PID: a watchdog runs `down DIR` as soon as PID exits.
+#       --owner-pid PID: a watchdog runs `down DIR` as soon as PID exits. The owner (PID, else
+#       the caller) is recorded: once it is gone, the next `up` or `sweep` removes the network.
 #   e2e/netns.sh host DIR INDEX
 #       Makes the namespace hsop<ID>-<INDEX> (INDEX 1..200): loopback up, one veth (eth0 inside,
 #       hsop<ID>h<INDEX> on the bridge) with 10.213.<N>.<10+INDEX>/24, and no other route: no
@@ -154,7 +155,8 @@ cmd_up() {
   [ ! -f "$DIR/net.env" ] || die "$DIR already has a test network ($DIR/net.env); run down first"
   locked
   sweep_locked
-  local id octet used n owner=${OWNER_PID:-$$}
+  # Without --owner-pid the caller owns the network (this script exits at once).
+  local id octet used n owner=${OWNER_PID:-$PPID}
   id=$(head -c3 /dev/urandom | od -An -tx1 | tr -d ' \n')
   while [ -e "$REGISTRY/$id" ]; do id=$(head -c3 /dev/urandom | od -An -tx1 | tr -d ' \n'); done
   # A third octet no live run and no host address uses.

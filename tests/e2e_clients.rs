@@ -179,12 +179,12 @@ fn a_key_joined_client_is_online_then_offline_then_back() {
         a.go_offline();
         // Headscale waits 10 s for a reconnect before it calls a node offline.
         let (_, took) = w.wait_online("alpha", false, Duration::from_secs(40));
-        eprintln!("{version}: offline {took:?} after `tailscale down`");
+        println!("{version}: offline {took:?} after `tailscale down`");
         assert_eq!(w.nodes().len(), 1, "{version}: an offline node stays listed");
 
         a.go_online().unwrap();
         let (_, took) = w.wait_online("alpha", true, Duration::from_secs(20));
-        eprintln!("{version}: online {took:?} after `tailscale up`");
+        println!("{version}: online {took:?} after `tailscale up`");
     });
 }
 
@@ -213,7 +213,7 @@ fn an_ephemeral_client_is_removed_after_its_inactivity_timeout() {
             Duration::from_secs(150),
             |nodes| (!nodes.iter().any(|n| n.name == "ephem")).then_some(()),
         );
-        eprintln!(
+        println!(
             "{version}: ephemeral node deleted {:?} after its client vanished (timeout {EPHEMERAL_TIMEOUT})",
             gone_at.elapsed()
         );
@@ -236,7 +236,7 @@ fn an_interactive_registration_completes_when_its_auth_id_is_registered() {
         let w = World::new(version, &[]);
         let c = w.net.client(&w.hs.url, "interactive");
         let pending = c.join_interactive();
-        eprintln!("{version}: login URL {}", pending.url);
+        println!("{version}: login URL {}", pending.url);
         assert!(
             pending.url.starts_with(&format!("{}/register/", w.hs.url)),
             "{version}: {}",
@@ -288,7 +288,7 @@ fn traffic_flows_under_allow_all_and_stops_under_a_deny_policy() {
 
         let (r, took) = a.reach_until(ip_b, svc_b.port, true, Duration::from_secs(30));
         assert_eq!(r, Reach::Allowed, "{version}: a -> b under allow-all");
-        eprintln!("{version}: a -> b allowed after {took:?}");
+        println!("{version}: a -> b allowed after {took:?}");
         let (r, _) = b.reach_until(ip_a, svc_a.port, true, Duration::from_secs(30));
         assert_eq!(r, Reach::Allowed, "{version}: b -> a under allow-all");
 
@@ -299,7 +299,7 @@ fn traffic_flows_under_allow_all_and_stops_under_a_deny_policy() {
             !r.is_allowed(),
             "{version}: a -> b still allowed 30 s after deny-all"
         );
-        eprintln!("{version}: a -> b refused {took:?} after deny-all: {r:?}");
+        println!("{version}: a -> b refused {took:?} after deny-all: {r:?}");
         let accepted = (svc_a.accepted(), svc_b.accepted());
         assert!(
             !b.reach(ip_a, svc_a.port, CONNECT_TIMEOUT).is_allowed(),
@@ -319,7 +319,7 @@ fn traffic_flows_under_allow_all_and_stops_under_a_deny_policy() {
             !r.is_allowed(),
             "{version}: a -> b allowed by a policy that opens only port 1"
         );
-        eprintln!("{version}: a -> b under a port-1-only policy: {r:?}");
+        println!("{version}: a -> b under a port-1-only policy: {r:?}");
         assert!(
             !b.reach(ip_a, svc_a.port, CONNECT_TIMEOUT).is_allowed(),
             "{version}: b -> a, port 1 only"
@@ -335,13 +335,14 @@ fn traffic_flows_under_allow_all_and_stops_under_a_deny_policy() {
         w.set_policy(ALLOW_ALL);
         let (r, took) = a.reach_until(ip_b, svc_b.port, true, Duration::from_secs(30));
         assert_eq!(r, Reach::Allowed, "{version}: a -> b after allow-all again");
-        eprintln!("{version}: a -> b allowed again {took:?} after allow-all");
+        println!("{version}: a -> b allowed again {took:?} after allow-all");
     });
 }
 
-/// Routes, rules and sockets of a joined client's namespace reach only the test subnet,
-/// loopback and the tailnet (whose packets go out, encrypted, to test-subnet endpoints);
-/// an address outside has no route at all (asked of the kernel: nothing is sent).
+/// Routes (in every table the rules can pick) and sockets of a joined client's namespace
+/// reach only the test subnet, loopback and the tailnet (whose packets go out, encrypted, to
+/// test-subnet endpoints); an address outside has no route at all (asked of the kernel:
+/// nothing is sent).
 #[test]
 fn a_test_host_reaches_only_the_test_subnet_and_loopback() {
     let forward_before = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
@@ -355,11 +356,12 @@ fn a_test_host_reaches_only_the_test_subnet_and_loopback() {
 
     let allowed = Allowed::new(&w.net.subnet);
     let mut violations = vec![];
+    let mut seen = String::new();
     for family in ["-4", "-6"] {
         let out = c.exec(&["ip", family, "route", "show", "table", "all"]);
         assert!(out.status.success());
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        eprintln!("ip {family} route show table all in {}:\n{text}", c.namespace);
+        seen.push_str(&format!("ip {family} route show table all:\n{text}"));
         violations.extend(allowed.route_violations(&text));
     }
     for outside in [
@@ -385,13 +387,22 @@ fn a_test_host_reaches_only_the_test_subnet_and_loopback() {
     let out = c.exec(&["ss", "-tunaH"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    eprintln!("ss -tuna in {}:\n{text}", c.namespace);
+    seen.push_str(&format!("ss -tuna:\n{text}"));
     violations.extend(allowed.socket_violations(&text));
     assert!(
         text.contains(&format!("{}:", w.net.addr)),
         "the client is connected to Headscale on the bridge"
     );
-    assert!(violations.is_empty(), "{}", violations.join("\n"));
+    assert!(
+        violations.is_empty(),
+        "{}\n--- in {} ---\n{seen}",
+        violations.join("\n"),
+        c.namespace
+    );
+    println!(
+        "{}: routes (every table) and sockets reach only {}, loopback and the tailnet",
+        c.namespace, w.net.subnet
+    );
     // Vendor logging is off and its config stays in the client's own directory.
     assert!(
         c.dir.join("tailscaled.log.conf").is_file(),
@@ -422,7 +433,7 @@ fn wall_time_of_starting_1_and_5_clients() {
     w.wait_nodes("6 nodes online", Duration::from_secs(30), |nodes| {
         (nodes.iter().filter(|n| n.online).count() == 6).then_some(())
     });
-    eprintln!(
+    println!(
         "wall time to start and join real clients (namespace, tailscaled, tailscale up with a key): \
          1 client {:.2} s, 5 clients in parallel {:.2} s",
         t1.as_secs_f64(),
@@ -431,7 +442,7 @@ fn wall_time_of_starting_1_and_5_clients() {
     let start = Instant::now();
     drop(five);
     drop(one);
-    eprintln!("tearing down 6 clients: {:.2} s", start.elapsed().as_secs_f64());
+    println!("tearing down 6 clients: {:.2} s", start.elapsed().as_secs_f64());
 }
 
 /// The checker must catch what it is there to catch.
