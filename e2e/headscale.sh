@@ -5,21 +5,21 @@
 #       VERSION is one of HSOP_HEADSCALE_BINS (e.g. v0.28.0, v0.29.2; the leading v is optional).
 #       The first start renders DIR/config.yaml from e2e/headscale/config.template.yaml with free
 #       ports; later starts reuse it, so stop+start is a restart on the same ports and database
-#       (also across versions, for upgrade tests). Options that shape the config apply to that
-#       first rendering only:
-#       --listen ADDR: the IPv4 address for HTTP, STUN and the embedded DERP region (default
-#       127.0.0.1; the real-client tests pass the host's bridge address from e2e/netns.sh).
-#       --ephemeral-timeout DUR: how long after its session ends an ephemeral node is deleted
-#       (Go duration, both versions refuse 65s or less; default: Headscale's own, 120s). Written
-#       under the key VERSION reads: ephemeral_node_inactivity_timeout before 0.29,
-#       node.ephemeral.inactivity_timeout from 0.29 (0.29 still reads the old key, so an upgrade
-#       on the same DIR keeps it). Runs `headscale serve` in its own session
+#       (also across versions, for upgrade tests). Runs `headscale serve` in its own session
 #       (log: DIR/headscale.log, appended; pid: DIR/headscale.pid), waits for GET /health = 200,
 #       and makes sure DIR/api-key (mode 0600) holds a working API key, minting one over the unix
 #       socket (`apikeys create --expiration 1d`) when there is none or it stopped working.
 #       Writes DIR/url (http://ADDR:PORT) and DIR/socket (the CLI's unix socket path).
 #       The key is never printed.
 #       --owner-pid PID: a watchdog runs `stop DIR` as soon as PID exits.
+#       These two shape the config, so they count at the first start of a DIR only:
+#       --listen ADDR: the IPv4 address for HTTP, STUN and the embedded DERP region (default
+#       127.0.0.1; the real-client tests pass the host's bridge address from e2e/netns.sh).
+#       --ephemeral-timeout DUR: how long after its session ends an ephemeral node is deleted
+#       (Go duration, both versions refuse 65s or less; default: Headscale's own, 120s). Written
+#       under the key VERSION reads: ephemeral_node_inactivity_timeout before 0.29,
+#       node.ephemeral.inactivity_timeout from 0.29 (0.29 still reads the old key, so an upgrade
+#       on the same DIR keeps it).
 #   e2e/headscale.sh stop DIR
 #       TERM, then KILL after ~10 s. Idempotent; succeeds when nothing runs.
 #

@@ -63,8 +63,9 @@ owns_pid() {
 }
 
 # free_ports KIND...: prints one distinct port per KIND (tcp or udp), space-separated, each free
-# on 127.0.0.1 (and on $FREE_PORTS_ADDR, when set to another local address) right now. They are drawn at random below the kernel's ephemeral range, so that
-# outgoing connections do not grab them meanwhile, and held until all are found.
+# on 127.0.0.1 (and on $FREE_PORTS_ADDR, when set to another local address) right now. They are
+# drawn at random below the kernel's ephemeral range, so that outgoing connections do not grab
+# them meanwhile, and held until all are found.
 free_ports() {
   FREE_PORTS_ADDR=${FREE_PORTS_ADDR:-127.0.0.1} python3 - "$@" <<'PY'
 import os, random, socket, sys
