@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A local, offline Headscale server for the e2e tests.
 #
-#   e2e/headscale.sh start DIR VERSION [--owner-pid PID]
+#   e2e/headscale.sh start DIR VERSION [--owner-pid PID] [--listen ADDR] [--ephemeral-timeout DUR]
 #       VERSION is one of HSOP_HEADSCALE_BINS (e.g. v0.28.0, v0.29.2; the leading v is optional).
 #       The first start renders DIR/config.yaml from e2e/headscale/config.template.yaml with free
 #       ports; later starts reuse it, so stop+start is a restart on the same ports and database
@@ -9,9 +9,17 @@
 #       (log: DIR/headscale.log, appended; pid: DIR/headscale.pid), waits for GET /health = 200,
 #       and makes sure DIR/api-key (mode 0600) holds a working API key, minting one over the unix
 #       socket (`apikeys create --expiration 1d`) when there is none or it stopped working.
-#       Writes DIR/url (http://127.0.0.1:PORT) and DIR/socket (the CLI's unix socket path).
+#       Writes DIR/url (http://ADDR:PORT) and DIR/socket (the CLI's unix socket path).
 #       The key is never printed.
 #       --owner-pid PID: a watchdog runs `stop DIR` as soon as PID exits.
+#       These two shape the config, so they count at the first start of a DIR only:
+#       --listen ADDR: the IPv4 address for HTTP, STUN and the embedded DERP region (default
+#       127.0.0.1; the real-client tests pass the host's bridge address from e2e/netns.sh).
+#       --ephemeral-timeout DUR: how long after its session ends an ephemeral node is deleted
+#       (Go duration, both versions refuse 65s or less; default: Headscale's own, 120s). Written
+#       under the key VERSION reads: ephemeral_node_inactivity_timeout before 0.29,
+#       node.ephemeral.inactivity_timeout from 0.29 (0.29 still reads the old key, so an upgrade
+#       on the same DIR keeps it).
 #   e2e/headscale.sh stop DIR
 #       TERM, then KILL after ~10 s. Idempotent; succeeds when nothing runs.
 #
@@ -28,7 +36,7 @@ TEMPLATE=$here/headscale/config.template.yaml
 WAIT_SECONDS=${HSOP_HEADSCALE_WAIT_SECONDS:-60}
 
 usage() {
-  echo "usage: $0 start DIR VERSION [--owner-pid PID] | $0 stop DIR" >&2
+  echo "usage: $0 start DIR VERSION [--owner-pid PID] [--listen ADDR] [--ephemeral-timeout DUR] | $0 stop DIR" >&2
   exit 2
 }
 
@@ -46,26 +54,36 @@ find_binary() {
 }
 
 render_config() {
-  local port metrics stun sock
-  # HTTP (tcp), metrics (tcp), STUN (udp)
-  read -r port metrics stun <<<"$(free_ports tcp tcp udp)"
+  local version=$1 port metrics stun sock extra=""
+  # HTTP (tcp), metrics (tcp), STUN (udp); free on LISTEN_ADDR too when that is not loopback.
+  read -r port metrics stun <<<"$(FREE_PORTS_ADDR=$LISTEN_ADDR free_ports tcp tcp udp)"
   sock=$DIR/hs.sock
   if [ "${#sock}" -ge 100 ]; then
     # Unix socket paths are limited to ~108 bytes: use a short directory keyed by DIR.
     sock=/tmp/hsop-hs-$(printf '%s' "$DIR" | sha256sum | cut -c1-12)/hs.sock
   fi
-  python3 - "$TEMPLATE" "$DIR/config.yaml" "$DIR" "$port" "$metrics" "$stun" "$sock" <<'PY'
+  if [ -n "$EPHEMERAL_TIMEOUT" ]; then
+    if [ "$(minor_of "$version")" -ge 29 ]; then
+      extra=$'\nnode:\n  ephemeral:\n    inactivity_timeout: '"$EPHEMERAL_TIMEOUT"$'\n'
+    else
+      extra=$'\nephemeral_node_inactivity_timeout: '"$EPHEMERAL_TIMEOUT"$'\n'
+    fi
+  fi
+  python3 - "$TEMPLATE" "$DIR/config.yaml" "$DIR" "$port" "$metrics" "$stun" "$sock" "$LISTEN_ADDR" "$extra" <<'PY'
 import sys
-src, dst, d, port, metrics, stun, sock = sys.argv[1:]
+src, dst, d, port, metrics, stun, sock, addr, extra = sys.argv[1:]
 text = open(src).read()
 for k, v in (("@DIR@", d), ("@PORT@", port), ("@METRICS_PORT@", metrics),
-             ("@STUN_PORT@", stun), ("@SOCKET@", sock)):
+             ("@STUN_PORT@", stun), ("@SOCKET@", sock), ("@ADDR@", addr)):
     text = text.replace(k, v)
 assert "@" not in "".join(l for l in text.splitlines() if not l.lstrip().startswith("#")), "unreplaced placeholder"
-open(dst, "w").write(text)
+open(dst, "w").write(text + extra)
 PY
-  log "rendered $DIR/config.yaml (port $port, metrics $metrics, stun udp $stun)"
+  log "rendered $DIR/config.yaml (address $LISTEN_ADDR, port $port, metrics $metrics, stun udp $stun${EPHEMERAL_TIMEOUT:+, ephemeral timeout $EPHEMERAL_TIMEOUT})"
 }
+
+# minor_of VERSION: 29 for v0.29.2.
+minor_of() { local v=${1#v}; v=${v#*.}; echo "${v%%.*}"; }
 
 # Reads a top-level or nested scalar from the rendered config (only the two keys we need).
 config_value() {
@@ -111,19 +129,35 @@ on_start_exit() {
 cmd_start() {
   local version t0=$SECONDS
   DIR=$1 version=$2; shift 2
-  parse_owner_pid "$@"
-  [ "${#OPT_REST[@]}" -eq 0 ] || usage
+  local owner=""
+  LISTEN_ADDR=127.0.0.1 EPHEMERAL_TIMEOUT=""
+  while [ $# -gt 0 ]; do
+    parse_owner_pid "$@"
+    [ -z "$OWNER_PID" ] || owner=$OWNER_PID
+    set -- ${OPT_REST[@]+"${OPT_REST[@]}"}
+    [ $# -gt 0 ] || break
+    case $1 in
+      --listen) [ $# -ge 2 ] || usage; LISTEN_ADDR=$2; shift 2 ;;
+      --listen=*) LISTEN_ADDR=${1#*=}; shift ;;
+      --ephemeral-timeout) [ $# -ge 2 ] || usage; EPHEMERAL_TIMEOUT=$2; shift 2 ;;
+      --ephemeral-timeout=*) EPHEMERAL_TIMEOUT=${1#*=}; shift ;;
+      *) usage ;;
+    esac
+  done
+  OWNER_PID=$owner
+  [[ $LISTEN_ADDR =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "--listen needs an IPv4 address, not $LISTEN_ADDR"
+  [ -z "$EPHEMERAL_TIMEOUT" ] || [[ $EPHEMERAL_TIMEOUT =~ ^[0-9]+(s|m|h)$ ]] ||
+    die "--ephemeral-timeout needs a duration like 70s or 2m, not $EPHEMERAL_TIMEOUT"
   mkdir -p "$DIR"
   DIR=$(cd "$DIR" && pwd -P)
   BIN=$(find_binary "$version")
   if [ -f "$DIR/headscale.pid" ] && owns_pid "$(cat "$DIR/headscale.pid")" "$DIR"; then
     die "headscale already runs for $DIR (pid $(cat "$DIR/headscale.pid")); stop it first"
   fi
-  [ -f "$DIR/config.yaml" ] || render_config
-  local port sock
-  port=$(config_value listen_addr)
-  port=${port##*:}
-  URL=http://127.0.0.1:$port
+  [ -f "$DIR/config.yaml" ] || render_config "$version"
+  local listen sock
+  listen=$(config_value listen_addr)
+  URL=http://$listen
   sock=$(config_value unix_socket)
   if [ "$(dirname "$sock")" != "$DIR" ]; then
     mkdir -p "$(dirname "$sock")"

@@ -63,11 +63,12 @@ owns_pid() {
 }
 
 # free_ports KIND...: prints one distinct port per KIND (tcp or udp), space-separated, each free
-# on 127.0.0.1 right now. They are drawn at random below the kernel's ephemeral range, so that
-# outgoing connections do not grab them meanwhile, and held until all are found.
+# on 127.0.0.1 (and on $FREE_PORTS_ADDR, when set to another local address) right now. They are
+# drawn at random below the kernel's ephemeral range, so that outgoing connections do not grab
+# them meanwhile, and held until all are found.
 free_ports() {
-  python3 - "$@" <<'PY'
-import random, socket, sys
+  FREE_PORTS_ADDR=${FREE_PORTS_ADDR:-127.0.0.1} python3 - "$@" <<'PY'
+import os, random, socket, sys
 kinds = {"tcp": socket.SOCK_STREAM, "udp": socket.SOCK_DGRAM}
 lo, hi = 20000, 32000
 try:
@@ -75,19 +76,24 @@ try:
         hi = min(hi, int(f.read().split()[0]) - 1)
 except OSError:
     pass
+addrs = sorted({"127.0.0.1", os.environ["FREE_PORTS_ADDR"]})
 held, out = [], []
 for kind in sys.argv[1:]:
     while True:
         p = random.randint(lo, hi)
         if p in out:
             continue
-        s = socket.socket(socket.AF_INET, kinds[kind])
+        bound = []
         try:
-            s.bind(("127.0.0.1", p))
+            for a in addrs:
+                s = socket.socket(socket.AF_INET, kinds[kind])
+                bound.append(s)
+                s.bind((a, p))
         except OSError:
-            s.close()
+            for s in bound:
+                s.close()
             continue
-        held.append(s)
+        held.extend(bound)
         out.append(p)
         break
 for s in held:

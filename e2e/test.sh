@@ -78,5 +78,9 @@ HSOP_E2E_DIR=$RUN cargo test --test e2e_nodes -- --test-threads 4
 HSOP_E2E_DIR=$RUN cargo test --test e2e_managed -- --test-threads 4
 HSOP_E2E_DIR=$RUN cargo test --test headscale_client -- --test-threads 2
 HSOP_E2E_DIR=$RUN cargo test --test e2e_keyholder -- --test-threads 2
+# Real Tailscale clients in network namespaces (root; no cluster needed). The versions run in
+# parallel inside each test; the ephemeral-node test (about 80 s) sets the pace. --show-output
+# prints the figures (wall time of starting 1 and 5 clients, offline and pruning delays).
+HSOP_E2E_DIR=$RUN cargo test --test e2e_clients -- --test-threads 8 --show-output
 
 step "done in $((SECONDS - t0))s"

