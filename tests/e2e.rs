@@ -287,7 +287,7 @@ async fn unsupported_version_is_reported() {
 }
 
 #[tokio::test]
-async fn managed_mode_is_reported_as_not_implemented() {
+async fn a_managed_server_without_a_volume_says_so() {
     let client = admin_client().await;
     let ns = namespace(&client, "managed").await;
     let obj = json!({
@@ -297,7 +297,9 @@ async fn managed_mode_is_reported_as_not_implemented() {
         "spec": {"managed": {"version": "0.29.2", "serverUrl": "https://hs.example.com"}},
     });
     create(&client, &ns, obj).await.unwrap();
-    let obj = wait_ready(&client, &ns, "m", ("False", "NotImplemented")).await;
+    // This cluster has no default storage class: the claim cannot bind, and status says so
+    // (tests/e2e_managed.rs covers managed mode as a whole).
+    let obj = wait_ready(&client, &ns, "m", ("False", "VolumePending")).await;
     assert_eq!(obj.status.unwrap().mode.as_deref(), Some("Managed"));
 }
 
@@ -442,12 +444,45 @@ async fn operator_rbac_is_least_privilege() {
         ("get", "configmaps"),
         ("watch", "configmaps"),
         ("create", "events.events.k8s.io"),
+        // Managed servers' children (server-side apply).
+        ("create", "statefulsets.apps"),
+        ("patch", "statefulsets.apps"),
+        ("patch", "services"),
+        ("patch", "configmaps"),
+        ("patch", "serviceaccounts"),
+        ("patch", "roles.rbac.authorization.k8s.io"),
+        ("patch", "rolebindings.rbac.authorization.k8s.io"),
+        ("get", "pods"),
+        ("get", "persistentvolumeclaims"),
     ] {
         assert!(can(verb, resource), "the operator needs {verb} {resource}");
     }
+    for sub in ["exec", "attach", "portforward"] {
+        let out = kubectl(&[
+            "auth",
+            "can-i",
+            "create",
+            "pods",
+            "--subresource",
+            sub,
+            "--as",
+            sa,
+            "-A",
+        ]);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "no",
+            "the operator must not {sub} into pods"
+        );
+    }
     for (verb, resource) in [
-        ("create", "pods/exec"),
-        ("get", "pods/exec"),
+        ("delete", "statefulsets.apps"),
+        ("update", "statefulsets.apps"),
+        ("delete", "pods"),
+        ("list", "pods"),
+        ("bind", "roles.rbac.authorization.k8s.io"),
+        ("escalate", "roles.rbac.authorization.k8s.io"),
+        ("create", "clusterroles.rbac.authorization.k8s.io"),
         ("delete", "secrets"),
         ("update", "secrets"),
         ("deletecollection", "secrets"),
