@@ -195,9 +195,20 @@ pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>) {
 }
 
 /// Rebuilds the per-server readiness gauge from the servers that exist.
+/// The node counts come from each server's `status.nodes` too, so a deleted server's
+/// series disappear.
 pub fn refresh_ready_metric(metrics: &Metrics, servers: &[Arc<HeadscaleServer>]) {
     metrics.server_ready.clear();
+    metrics.nodes.clear();
     for hs in servers {
+        if let Some(inv) = hs.status.as_ref().and_then(|s| s.nodes.as_ref()) {
+            super::nodes::inventory::set_node_gauges(
+                metrics,
+                &hs.namespace().unwrap_or_default(),
+                &hs.name_any(),
+                inv,
+            );
+        }
         let ready = hs
             .status
             .as_ref()
@@ -704,14 +715,25 @@ mod tests {
     }
 
     #[test]
-    fn the_ready_metric_forgets_deleted_servers() {
+    fn the_ready_and_node_metrics_forget_deleted_servers() {
         let metrics = Metrics::default();
         let mut a = server(1);
         a.metadata.name = Some("a".into());
         let mut b = server(1);
         b.metadata.name = Some("b".into());
+        b.status = Some(HeadscaleServerStatus {
+            nodes: Some(crate::api::server::NodeInventory {
+                total: 7,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
         refresh_ready_metric(&metrics, &[Arc::new(a.clone()), Arc::new(b)]);
-        assert!(metrics.encode().contains("name=\"b\""));
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"headscale_operator_nodes{namespace="ns",name="b",state="total"} 7"#),
+            "{text}"
+        );
         refresh_ready_metric(&metrics, &[Arc::new(a)]);
         let text = metrics.encode();
         assert!(

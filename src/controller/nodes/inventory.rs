@@ -24,6 +24,27 @@ use crate::metrics::{Metrics, NodeActionLabels, NodeCountLabels};
 
 pub const AUDIT: &str = "audit";
 
+/// Sets `headscale_operator_nodes{namespace,name,state}` from an inventory.
+pub fn set_node_gauges(metrics: &Metrics, ns: &str, name: &str, inv: &crate::api::server::NodeInventory) {
+    for (s, v) in [
+        ("total", inv.total),
+        ("online", inv.online),
+        ("expiring_soon", inv.expiring_soon),
+        ("expired", inv.expired),
+        ("stale", inv.stale),
+        ("unexpected", inv.unexpected),
+    ] {
+        metrics
+            .nodes
+            .get_or_create(&NodeCountLabels {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+                state: s.into(),
+            })
+            .set(v);
+    }
+}
+
 #[derive(thiserror::Error, Debug)]
 pub enum Error {
     #[error(transparent)]
@@ -261,23 +282,7 @@ async fn reconcile_inner(hs: &HeadscaleServer, state: &State) -> Result<Action, 
     }
 
     let inv = &result.inventory;
-    for (s, v) in [
-        ("total", inv.total),
-        ("online", inv.online),
-        ("expiring_soon", inv.expiring_soon),
-        ("expired", inv.expired),
-        ("stale", inv.stale),
-        ("unexpected", inv.unexpected),
-    ] {
-        ctx.metrics
-            .nodes
-            .get_or_create(&NodeCountLabels {
-                namespace: ns.clone(),
-                name: name.clone(),
-                state: s.into(),
-            })
-            .set(v);
-    }
+    set_node_gauges(&ctx.metrics, &ns, &name, inv);
 
     let live = hs.status.as_ref().and_then(|s| s.nodes.as_ref());
     if live != Some(inv) {
