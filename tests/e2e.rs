@@ -330,6 +330,14 @@ async fn invalid_resources_are_rejected_by_the_api_server() {
             "external.url must be an absolute http:// or https:// URL",
         ),
         (
+            "plain-http decision webhook",
+            hss(
+                json!({"external": {"url": "https://hs.example.com", "apiKeySecretRef": {"name": "k"}},
+                "enrollment": {"decisionWebhook": {"url": "http://decide.example.com"}}}),
+            ),
+            "decisionWebhook.url must be an absolute https:// URL",
+        ),
+        (
             "not a url",
             hss(json!({"external": {"url": "hs.example.com", "apiKeySecretRef": {"name": "k"}}})),
             "external.url must be an absolute http:// or https:// URL",

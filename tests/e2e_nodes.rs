@@ -791,3 +791,235 @@ async fn only_approvers_approve_others_request() {
             .is_err()
     );
 }
+
+/// A decision service on 127.0.0.1 with a self-signed certificate: it allows approvals
+/// named `allow-*`, denies `deny-*` with a reason, and answers `slow-*` too late. It is
+/// the user's system the webhook calls, not a stand-in for a part of ours.
+struct DecisionService {
+    url: String,
+    ca: String,
+    reviews: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl DecisionService {
+    async fn start() -> DecisionService {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let dir = tempfile::tempdir_in(run_dir()).unwrap().keep();
+        let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
+        // A CA and a server certificate it signs (webpki refuses a CA as the server's).
+        let openssl = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .current_dir(&dir)
+                .args(args)
+                .output()
+                .expect("openssl");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                    "-days",
+                    "1",
+                    "-subj",
+                    "/CN=hsop-test-ca",
+                ],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "key.pem",
+                    "-out",
+                    "server.csr",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                ],
+            ]
+            .concat(),
+        );
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "cert.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        let ca = std::fs::read_to_string(dir.join("ca.pem")).unwrap();
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
+            .unwrap()
+            .map(|c| c.unwrap())
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(&key).unwrap();
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "https://127.0.0.1:{}/decide",
+            listener.local_addr().unwrap().port()
+        );
+        let reviews = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = reviews.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let acceptor = acceptor.clone();
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let body = loop {
+                        let Ok(n) = tls.read(&mut chunk).await else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf).to_string();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let len = text[..end]
+                                .lines()
+                                .find_map(|l| {
+                                    let (k, v) = l.split_once(':')?;
+                                    k.eq_ignore_ascii_case("content-length")
+                                        .then(|| v.trim().parse::<usize>().ok())?
+                                })
+                                .unwrap_or(0);
+                            if buf.len() >= end + 4 + len {
+                                break buf[end + 4..end + 4 + len].to_vec();
+                            }
+                        }
+                    };
+                    let review: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    let name = review["request"]["approval"]["name"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string();
+                    seen.lock().unwrap().push(review);
+                    let answer = if name.starts_with("allow") {
+                        json!({"allowed": true})
+                    } else if name.starts_with("slow") {
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        json!({"allowed": true})
+                    } else {
+                        json!({"allowed": false, "reason": "ticket INC-42 is not approved"})
+                    };
+                    let body = answer.to_string();
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tls.write_all(response.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        DecisionService { url, ca, reviews }
+    }
+}
+
+#[tokio::test]
+async fn the_decision_webhook_allows_denies_and_a_timeout_denies() {
+    let service = DecisionService::start().await;
+    let version = headscale_versions().pop().unwrap();
+    let rules = json!({"decisionWebhook": {"url": service.url, "caBundle": service.ca, "timeoutSeconds": 2}});
+    let s = Setup::new("na-webhook", &version, rules).await;
+
+    s.approve(
+        "allow-ci",
+        json!({"preAuthKey": {"user": "alice"}, "hostname": "ci-1"}),
+    )
+    .await;
+    s.wait_phase("allow-ci", "KeyIssued", "KeyIssued").await;
+    let reviews = service.reviews.lock().unwrap().clone();
+    let review = reviews
+        .iter()
+        .find(|r| r["request"]["approval"]["name"] == "allow-ci")
+        .expect("the webhook was asked");
+    assert_eq!(review["kind"], "EnrollmentReview");
+    assert_eq!(review["request"]["form"], "preAuthKey");
+    assert_eq!(review["request"]["user"], "alice");
+    assert_eq!(review["request"]["hostname"], "ci-1");
+    assert_eq!(review["request"]["server"]["name"], "corp");
+    assert_eq!(review["request"]["preAuthKey"]["reusable"], false);
+
+    let auth_id = s.hs.plant_pending_node("alice", "laptop", &[]);
+    s.approve(
+        "deny-laptop",
+        json!({"registration": {"authId": auth_id, "user": "alice"}}),
+    )
+    .await;
+    let na = s.wait_phase("deny-laptop", "Refused", "EnrollmentRefused").await;
+    assert_eq!(status(&na).refused_by.as_deref(), Some("decisionWebhook"));
+    let msg = na
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .message;
+    assert!(msg.contains("ticket INC-42 is not approved"), "{msg}");
+
+    s.approve("slow-box", json!({"preAuthKey": {"user": "alice"}}))
+        .await;
+    let na = s.wait_phase("slow-box", "Refused", "EnrollmentRefused").await;
+    let msg = na
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .message;
+    assert!(msg.contains("did not answer within 2s"), "{msg}");
+
+    // Denied and timed-out approvals did nothing on the server: one key (allow-ci),
+    // no node; the denied registration is still pending.
+    let client = s.hs.client();
+    assert_eq!(client.list_pre_auth_keys().await.unwrap().len(), 1);
+    assert!(client.list_nodes(None).await.unwrap().is_empty());
+    s.hs.register_with_cli("alice", &auth_id);
+}

@@ -680,6 +680,33 @@ pub struct EnrollmentSpec {
     /// Allow reusable pre-auth keys at all.
     #[serde(default)]
     pub allow_reusable_keys: bool,
+    /// An external decision service (device posture, ticketing) asked after these rules
+    /// pass and before anything is done on the server. Unset: no webhook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision_webhook: Option<DecisionWebhookSpec>,
+}
+
+/// The operator POSTs an `EnrollmentReview` (JSON) to `url` and expects
+/// `{"allowed": true|false, "reason": "..."}`. Anything else, an error or no answer
+/// within `timeoutSeconds` is a denial (fail closed). A denied approval is asked again
+/// at every resync, so a ticket approved later lets the node in.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DecisionWebhookSpec {
+    /// HTTPS URL of the decision service.
+    #[x_kube(validation = Rule::new("isURL(self) && url(self).getScheme() == 'https'").message("decisionWebhook.url must be an absolute https:// URL"))]
+    pub url: String,
+    /// PEM certificates of the CAs to trust for `url` instead of the system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<String>,
+    /// Seconds to wait for the decision; no answer in time is a denial.
+    #[serde(default = "default_webhook_timeout")]
+    #[schemars(range(min = 1, max = 30))]
+    pub timeout_seconds: i32,
+}
+
+fn default_webhook_timeout() -> i32 {
+    5
 }
 
 impl Default for EnrollmentSpec {
@@ -691,6 +718,7 @@ impl Default for EnrollmentSpec {
             max_nodes_per_user: 0,
             max_pre_auth_key_lifetime: default_max_key_lifetime(),
             allow_reusable_keys: false,
+            decision_webhook: None,
         }
     }
 }

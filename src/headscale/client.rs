@@ -442,7 +442,7 @@ fn without_credentials(url: &str) -> String {
 
 /// reqwest needs a process-wide rustls provider when built without its own; kube
 /// uses ring too. Installing twice is harmless.
-fn install_crypto_provider() {
+pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 

@@ -21,7 +21,7 @@ mod policy;
 mod users;
 pub mod version;
 
-pub use client::{Client, ClientConfig, Observer, Timings};
+pub use client::{Client, ClientConfig, Observer, Timings, install_crypto_provider};
 pub use error::Error;
 pub use models::*;
 pub use version::{ApiShape, Version};

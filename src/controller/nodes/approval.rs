@@ -17,6 +17,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::rules::{self, KeyRequest, Request, Violation};
+use super::webhook;
 use super::{CONTROLLER, FIELD_MANAGER, State, object_key};
 use crate::api::approval::{AUTH_KEY_SECRET_KEY, ApprovedNode, IssuedKey, PreAuthKeySpec, RegistrationSpec};
 use crate::api::conditions::{self, reason};
@@ -314,8 +315,64 @@ async fn decide(
     }
 }
 
-/// Checks the rules, counting the user's nodes only when a quota needs it.
+/// Checks the rules (counting the user's nodes only when a quota needs it), then asks
+/// the decision webhook when the server has one.
 async fn check_rules(
+    na: &NodeApproval,
+    rules: &EnrollmentSpec,
+    req: &Request<'_>,
+    ephemeral: bool,
+    client: &headscale::Client,
+) -> Result<Result<(), Violation>, Error> {
+    if let Err(v) = check_local_rules(rules, req, client).await? {
+        return Ok(Err(v));
+    }
+    let Some(hook) = &rules.decision_webhook else {
+        return Ok(Ok(()));
+    };
+    let ns = na.namespace().unwrap_or_default();
+    let review = webhook::Review::new(webhook::ReviewRequest {
+        uid: format!(
+            "{}/{}",
+            na.uid().unwrap_or_default(),
+            na.metadata.generation.unwrap_or(0)
+        ),
+        server: webhook::ObjectName {
+            namespace: ns.clone(),
+            name: na.spec.server_ref.name.clone(),
+            uid: None,
+        },
+        approval: webhook::ObjectName {
+            namespace: ns,
+            name: na.name_any(),
+            uid: na.uid(),
+        },
+        form: if req.key.is_some() {
+            "preAuthKey"
+        } else {
+            "registration"
+        },
+        user: req.user.map(str::to_string),
+        tags: req.tags.to_vec(),
+        hostname: req.hostname.map(str::to_string),
+        pre_auth_key: req.key.as_ref().map(|k| webhook::KeyReview {
+            lifetime_seconds: k.lifetime.as_secs(),
+            reusable: k.reusable,
+            ephemeral,
+        }),
+    });
+    let decision = webhook::ask(hook, &review).await;
+    tracing::info!(
+        approval = %object_key(na),
+        webhook = %hook.url,
+        allowed = decision.is_ok(),
+        detail = %decision.as_ref().err().map(|v| v.message.as_str()).unwrap_or(""),
+        "enrollment decision webhook"
+    );
+    Ok(decision)
+}
+
+async fn check_local_rules(
     rules: &EnrollmentSpec,
     req: &Request<'_>,
     client: &headscale::Client,
@@ -344,7 +401,7 @@ async fn register(
         hostname: na.spec.hostname.as_deref(),
         key: None,
     };
-    if let Err(v) = check_rules(rules, &req, client).await? {
+    if let Err(v) = check_rules(na, rules, &req, false, client).await? {
         return Ok(Outcome::Refused(v));
     }
     if client.find_user(&reg.user).await?.is_none() {
@@ -523,7 +580,7 @@ async fn mint(
             reusable: pak.reusable,
         }),
     };
-    if let Err(v) = check_rules(rules, &req, client).await? {
+    if let Err(v) = check_rules(na, rules, &req, pak.ephemeral, client).await? {
         return Ok(Outcome::Refused(v));
     }
     let user = match &pak.user {

@@ -8,6 +8,7 @@ pub mod approval;
 pub mod audit;
 pub mod inventory;
 pub mod rules;
+pub mod webhook;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
