@@ -114,6 +114,8 @@ spec:
   hostPath: {path: /tmp/demo-local-edge}
 EOF2
 kubectl -n "$NS" apply -f examples/managed-server.yaml
+# The StatefulSet controller creates the pod a moment after the operator's apply.
+kubectl -n "$NS" wait --for=create pod/edge-0 --timeout=90s
 kubectl -n "$NS" wait --for=condition=Ready pod/edge-0 --timeout=90s
 # KWOK runs no containers, so no keyholder mints the API key: the server waits for it.
 kubectl -n "$NS" wait --for=jsonpath='{.status.conditions[?(@.type=="Ready")].reason}'=ApiKeyPending \

@@ -227,7 +227,8 @@ async fn a_managed_server_gets_its_children_and_a_ready_pod() {
         .get("hs-keys")
         .await
         .unwrap();
-    assert!(owned_by(&keys.metadata, &hs));
+    // The keys belong with the state: kept with the volume, not owned by the server.
+    assert!(!owned_by(&keys.metadata, &hs));
     let noise = String::from_utf8(keys.data.as_ref().unwrap()["noise.key"].0.clone()).unwrap();
     assert!(
         noise.starts_with("privkey:") && noise.len() == 72,
@@ -310,11 +311,6 @@ async fn a_managed_server_gets_its_children_and_a_ready_pod() {
             .await
             .unwrap()
             .is_some()
-            || Api::<Secret>::namespaced(client.clone(), &ns)
-                .get_opt("hs-keys")
-                .await
-                .unwrap()
-                .is_some()
             || Api::<StatefulSet>::namespaced(client.clone(), &ns)
                 .get_opt("hs")
                 .await
@@ -334,6 +330,14 @@ async fn a_managed_server_gets_its_children_and_a_ready_pod() {
             .unwrap()
             .is_some(),
         "the data volume is kept unless spec says delete"
+    );
+    assert!(
+        Api::<Secret>::namespaced(client.clone(), &ns)
+            .get_opt("hs-keys")
+            .await
+            .unwrap()
+            .is_some(),
+        "the keys are kept with the volume"
     );
 }
 
@@ -588,6 +592,62 @@ async fn bad_managed_specs_are_refused_and_change_nothing() {
         "a refused spec changed the running server"
     );
 
+    // A name that cannot be a Service name: refused before anything is created.
+    create_server(&client, managed("my.server", &ns, "0.29.2", &class, json!({}))).await;
+    let msg = wait_reason(&client, &ns, "my.server", "InvalidSpec").await;
+    assert!(msg.contains("DNS label"), "{msg}");
+    assert!(
+        Api::<ConfigMap>::namespaced(client.clone(), &ns)
+            .get_opt("my.server-config")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // A key that would need rotating as soon as it is minted: the keyholder would refuse
+    // to start; the operator says so first.
+    create_server(
+        &client,
+        managed(
+            "keys",
+            &ns,
+            "0.29.2",
+            &class,
+            json!({"apiKey": {"lifetime": "1d"}}),
+        ),
+    )
+    .await;
+    let msg = wait_reason(&client, &ns, "keys", "InvalidSpec").await;
+    assert!(msg.contains("rotateBefore"), "{msg}");
+
+    // A resource quantity the API server cannot parse: the whole change is refused by
+    // the dry run, so the running server's ConfigMap is not rewritten either.
+    let cm_before = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .get("good-config")
+        .await
+        .unwrap();
+    patch_server(
+        &client,
+        &ns,
+        "good",
+        json!({"spec": {"managed": {"ephemeralInactivityTimeout": "30m", "logging": {"level": "debug"},
+            "pod": {"resources": {"limits": {"memory": "banana"}}}}}}),
+    )
+    .await;
+    let msg = wait_reason(&client, &ns, "good", "ApplyRejected").await;
+    assert!(
+        msg.contains("StatefulSet") && msg.contains("nothing was changed"),
+        "{msg}"
+    );
+    let cm_after = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .get("good-config")
+        .await
+        .unwrap();
+    assert_eq!(
+        cm_after.data, cm_before.data,
+        "half of a refused change was applied"
+    );
+
     // Names another object already has are not taken over.
     let cm: ConfigMap =
         serde_json::from_value(json!({"metadata": {"name": "taken-config"}, "data": {"x": "y"}})).unwrap();
@@ -598,6 +658,21 @@ async fn bad_managed_specs_are_refused_and_change_nothing() {
     create_server(&client, managed("taken", &ns, "0.29.2", &class, json!({}))).await;
     let msg = wait_reason(&client, &ns, "taken", "NameConflict").await;
     assert!(msg.contains("taken-config"), "{msg}");
+    // Nothing of it was created (the conflict is found before anything is written).
+    assert!(
+        Api::<Secret>::namespaced(client.clone(), &ns)
+            .get_opt("taken-keys")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        Api::<Service>::namespaced(client.clone(), &ns)
+            .get_opt("taken")
+            .await
+            .unwrap()
+            .is_none()
+    );
     let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns)
         .get("taken-config")
         .await
@@ -887,4 +962,122 @@ async fn a_managed_server_becomes_ready_with_real_headscale_0_29() {
 #[tokio::test]
 async fn a_managed_server_becomes_ready_with_real_headscale_0_28() {
     becomes_ready_with_real_headscale("0.28.0").await;
+}
+
+#[tokio::test]
+async fn edits_behind_the_operators_back_are_repaired_and_lost_keys_are_never_silently_replaced() {
+    let client = admin_client().await;
+    let ns = namespace(&client, "drift").await;
+    let class = volume_for(&client, &ns).await;
+    create_server(&client, managed("hs", &ns, "0.29.2", &class, json!({}))).await;
+    wait_pod_ready(&client, &ns, "hs-0").await;
+    wait_reason(&client, &ns, "hs", "ApiKeyPending").await;
+    let cms = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+    let stss = Api::<StatefulSet>::namespaced(client.clone(), &ns);
+    let roles = Api::<Role>::namespaced(client.clone(), &ns);
+    let config = cms.get("hs-config").await.unwrap().data.unwrap()["config.yaml"].clone();
+
+    // Someone edits the config, swaps the image and deletes the keyholder's Role.
+    cms.patch(
+        "hs-config",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"data": {"config.yaml": "server_url: https://evil.example.net\n"}})),
+    )
+    .await
+    .unwrap();
+    stss.patch(
+        "hs",
+        &PatchParams::default(),
+        &Patch::Json::<()>(
+            serde_json::from_value(json!([{"op": "replace",
+                "path": "/spec/template/spec/containers/0/image", "value": "docker.io/evil/headscale:latest"}]))
+            .unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
+    roles
+        .delete("hs-keyholder", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("the edits repaired", WAIT, || async {
+        let cm = cms.get("hs-config").await.unwrap().data.unwrap()["config.yaml"].clone();
+        let image = stss
+            .get("hs")
+            .await
+            .unwrap()
+            .spec
+            .template
+            .spec
+            .unwrap()
+            .containers[0]
+            .image
+            .clone()
+            .unwrap();
+        let role = roles.get_opt("hs-keyholder").await.unwrap().is_some();
+        if cm == config && image == "docker.io/headscale/headscale:0.29.2" && role {
+            Ok(())
+        } else {
+            Err(format!(
+                "config restored {}, image {image}, role {role}",
+                cm == config
+            ))
+        }
+    })
+    .await;
+    let log = operator_log();
+    assert!(
+        log.contains("repairing a change made outside the operator"),
+        "no repair logged"
+    );
+
+    // The keys Secret is deleted: the server has run (its volume exists), so new keys
+    // would disconnect every client; the operator refuses until a person says yes.
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
+    let old = secrets.get("hs-keys").await.unwrap().data.unwrap()["noise.key"].clone();
+    secrets.delete("hs-keys", &DeleteParams::default()).await.unwrap();
+    let msg = wait_reason(&client, &ns, "hs", "KeysSecretMissing").await;
+    assert!(
+        msg.contains("regenerate-keys") && msg.contains("data-hs-0"),
+        "{msg}"
+    );
+    assert!(
+        secrets.get_opt("hs-keys").await.unwrap().is_none(),
+        "keys were regenerated without asking"
+    );
+    patch_server(
+        &client,
+        &ns,
+        "hs",
+        json!({"metadata": {"annotations": {"headscale.operator.dev/regenerate-keys": "true"}}}),
+    )
+    .await;
+    let new = wait_for("new keys", WAIT, || async {
+        match secrets.get_opt("hs-keys").await.unwrap() {
+            Some(s) => Ok(s.data.unwrap()["noise.key"].clone()),
+            None => Err("none".to_string()),
+        }
+    })
+    .await;
+    assert_ne!(new, old);
+    // The keys stay with the state: not owned by the server, so deleting the server
+    // (the volume is kept) keeps them too.
+    let keys = secrets.get("hs-keys").await.unwrap();
+    assert!(keys.metadata.owner_references.unwrap_or_default().is_empty());
+
+    // A server cannot flip to external mode (its workload and state would be orphaned).
+    let err = Api::<HeadscaleServer>::namespaced(client.clone(), &ns)
+        .patch(
+            "hs",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"managed": null,
+                "external": {"url": "https://hs.example.com", "apiKeySecretRef": {"name": "k"}}}})),
+        )
+        .await
+        .expect_err("switching modes is refused");
+    assert!(
+        err.to_string()
+            .contains("cannot switch between managed and external"),
+        "{err}"
+    );
 }

@@ -34,6 +34,7 @@ pub const DURATION_PATTERN: &str = r"^(0|([0-9]+(ms|s|m|h|d|w))+)$";
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("has(self.managed) != has(self.external)").message("exactly one of spec.managed or spec.external must be set"))]
+#[x_kube(validation = Rule::new("has(self.managed) == has(oldSelf.managed)").message("a server cannot switch between managed and external mode (the old server's workload or state would be left behind); create a new HeadscaleServer"))]
 #[serde(rename_all = "camelCase")]
 pub struct HeadscaleServerSpec {
     /// Run Headscale in this cluster: the operator owns its StatefulSet, Service,
@@ -89,7 +90,7 @@ pub struct ManagedSpec {
     /// Headscale release to run, e.g. `0.29.2`. Managed mode runs 0.28.x and 0.29.x
     /// (the configuration is rendered for the exact minor); 0.27 can still be governed
     /// in external mode.
-    #[x_kube(validation = Rule::new("self.matches('^v?0\\\\.(28|29)\\\\.[0-9]+$')").message("managed mode runs Headscale 0.28.x or 0.29.x (e.g. 0.29.2); older releases can be governed in external mode"))]
+    #[x_kube(validation = Rule::new("self.matches('^v?0\\\\.(28|29)\\\\.(0|[1-9][0-9]*)$')").message("managed mode runs Headscale 0.28.x or 0.29.x (e.g. 0.29.2); older releases can be governed in external mode"))]
     #[schemars(length(max = 32))]
     pub version: String,
 
@@ -214,8 +215,10 @@ pub enum DatabaseType {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SqliteSpec {
-    /// Size of the volume claim.
+    /// Size of the volume claim. Fixed when the claim is created: a later change has
+    /// no effect (resize the claim `data-NAME-0` itself, if its storage class allows).
     #[serde(default = "default_storage_size")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"))]
     pub storage_size: String,
     /// Storage class of the volume claim; unset uses the cluster default.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
@@ -154,6 +155,25 @@ pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>) {
         None => Api::all(ctx.client.clone()),
     };
     let controller = controller.owns(statefulsets, watcher::Config::default().any_semantic());
+    // The other children, by metadata and only the operator's (by label): an edit or a
+    // deletion behind the operator's back is repaired at once, not at the next resync.
+    let children = watcher::Config::default()
+        .labels("app.kubernetes.io/managed-by=headscale-operator")
+        .any_semantic();
+    macro_rules! owns_meta {
+        ($controller:expr, $kind:ty) => {{
+            let api: Api<PartialObjectMeta<$kind>> = match &ctx.settings.watch_namespace {
+                Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+                None => Api::all(ctx.client.clone()),
+            };
+            $controller.owns_stream(watcher(api, children.clone()).default_backoff().touched_objects())
+        }};
+    }
+    let controller = owns_meta!(controller, ConfigMap);
+    let controller = owns_meta!(controller, Service);
+    let controller = owns_meta!(controller, ServiceAccount);
+    let controller = owns_meta!(controller, Role);
+    let controller = owns_meta!(controller, RoleBinding);
 
     // headscale_operator_server_ready follows the cache, so deleted servers leave it.
     let metrics_store = store.clone();
@@ -326,12 +346,15 @@ async fn reconcile_inner(hs: &HeadscaleServer, ctx: &Context) -> Result<Action, 
     Ok(match outcome {
         Outcome::NotReady { transient: true, .. } => {
             let n = ctx.record_failure(&key);
-            Action::requeue(backoff::delay(
-                n,
-                Duration::from_secs(2),
-                ctx.settings.max_backoff,
-                backoff::jitter(),
-            ))
+            // A managed server waits for things that change by themselves (a pod, a
+            // volume, the keyholder) and must still have its children repaired: never
+            // longer than the resync.
+            let cap = if hs.spec.managed.is_some() {
+                ctx.settings.max_backoff.min(ctx.settings.resync)
+            } else {
+                ctx.settings.max_backoff
+            };
+            Action::requeue(backoff::delay(n, Duration::from_secs(2), cap, backoff::jitter()))
         }
         _ => {
             ctx.clear_failures(&key);

@@ -209,6 +209,8 @@ const MESSAGE_RULES: &[(&str, Kind)] = &[
     ("is too long", Kind::InvalidInput),
     ("registration id must be", Kind::InvalidInput),
     ("auth id has invalid prefix", Kind::InvalidInput),
+    // "auth ID has invalid length: expected 38, got 35" (0.29).
+    ("auth id has invalid length", Kind::InvalidInput),
     ("either tagged or owned by user", Kind::InvalidInput),
     ("cannot set both", Kind::InvalidInput),
     ("provide either id or prefix", Kind::InvalidInput),

@@ -15,9 +15,9 @@
 //! as files ([`Layout`]).
 
 mod config;
-mod keys;
+pub mod keys;
 mod layout;
-mod validate;
+pub mod validate;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

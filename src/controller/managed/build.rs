@@ -155,12 +155,17 @@ pub fn config_map(hs: &HeadscaleServer, names: &Names, config_yaml: &str) -> Val
     })
 }
 
-/// The generated keys Secret, created once and never overwritten.
-pub fn keys_secret(hs: &HeadscaleServer, names: &Names, noise: &str, derp: &str) -> Value {
+/// The generated keys Secret, created once and never overwritten. Owned by the
+/// server (deleted with it) only when `owned`; otherwise it stays with the state.
+pub fn keys_secret(hs: &HeadscaleServer, names: &Names, noise: &str, derp: &str, owned: bool) -> Value {
+    let mut meta = metadata(hs, &names.keys_secret, "keys");
+    if !owned && let Some(m) = meta.as_object_mut() {
+        m.remove("ownerReferences");
+    }
     json!({
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": metadata(hs, &names.keys_secret, "keys"),
+        "metadata": meta,
         "type": "Opaque",
         "stringData": { NOISE_KEY: noise, DERP_KEY: derp },
     })

@@ -6,15 +6,15 @@
 //! volume, the pod and the API with the key the keyholder sidecar minted.
 
 pub mod build;
+pub mod drift;
 
 use std::fmt::Write as _;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -41,6 +41,9 @@ pub use crate::keyholder::{
 /// operator reaches the server at instead of its Service (an operator running outside
 /// the cluster, as in the tests, cannot resolve Service names).
 pub const ENDPOINT_ANNOTATION: &str = "headscale.operator.dev/endpoint";
+/// On the server: `"true"` lets the operator generate new noise and DERP keys for a
+/// server that has run before and lost its keys Secret (every client must log in again).
+pub const REGENERATE_KEYS_ANNOTATION: &str = "headscale.operator.dev/regenerate-keys";
 
 /// Managed-mode reasons.
 pub mod why {
@@ -60,6 +63,12 @@ pub mod why {
     pub const API_KEY_PENDING: &str = "ApiKeyPending";
     /// The API server refused an object the operator built from the spec.
     pub const APPLY_REJECTED: &str = "ApplyRejected";
+    /// The keys Secret is gone from a server that has run; new keys need a person's yes.
+    pub const KEYS_SECRET_MISSING: &str = "KeysSecretMissing";
+    /// `version` is older than the running one.
+    pub const DOWNGRADE_REFUSED: &str = "DowngradeRefused";
+    /// `version` is more than one minor release newer than the running one.
+    pub const UPGRADE_SKIPS_MINOR: &str = "UpgradeSkipsMinor";
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -118,18 +127,8 @@ pub async fn reconcile(
     let endpoint = endpoint(ctx, hs);
 
     // Validate: an invalid spec changes nothing on the cluster.
-    if name.len() > build::MAX_NAME_LEN {
-        return Ok((
-            stalled(
-                reason::INVALID_SPEC,
-                format!(
-                    "a managed server's name must be at most {} characters (its StatefulSet's pods need the rest); {name:?} has {}",
-                    build::MAX_NAME_LEN,
-                    name.len()
-                ),
-            ),
-            extra,
-        ));
+    if let Some(problem) = check_name(&name) {
+        return Ok((stalled(reason::INVALID_SPEC, problem), extra));
     }
     let dns = render::DnsInput::safe_default();
     let target = match render::validate(spec, &dns) {
@@ -141,15 +140,19 @@ pub async fn reconcile(
                 .map(|p| p.message.as_str())
                 .collect::<Vec<_>>()
                 .join("; ");
-            return Ok((
-                stalled(
-                    reason,
-                    format!("{message} (nothing was changed: the running server keeps its config)"),
-                ),
-                extra,
-            ));
+            return Ok((stalled(reason, format!("{message}{UNCHANGED}")), extra));
         }
     };
+    if let Some(problem) = check_api_key_spec(spec) {
+        return Ok((
+            stalled(reason::INVALID_SPEC, format!("{problem}{UNCHANGED}")),
+            extra,
+        ));
+    }
+    let running = hs.status.as_ref().and_then(|s| s.version.as_deref());
+    if let Some((reason, problem)) = check_version_step(running, &spec.version) {
+        return Ok((stalled(reason, format!("{problem}{UNCHANGED}")), extra));
+    }
     let names = Names::of(&name);
 
     // Dereference the Secrets the pod reads at start; their values go into the hash only.
@@ -182,11 +185,12 @@ pub async fn reconcile(
         }
     }
 
-    // The keys Secret: generated once, never overwritten.
-    match ensure_keys(ctx, hs, &secrets, &names).await? {
-        Ok(keys_hash) => hashed.extend(keys_hash),
+    // The keys: the existing Secret's, or new ones (created only after the preflight).
+    let keys = match keys(ctx, hs, ns, spec, &secrets, &names).await? {
+        Ok(k) => k,
         Err(outcome) => return Ok((outcome.with_endpoint(&endpoint), extra)),
-    }
+    };
+    hashed.extend(&keys.hash);
 
     // Build.
     let config = render::render_config(spec, &target, &dns, &render::Layout::pod());
@@ -196,38 +200,7 @@ pub async fn reconcile(
     let config_hash = sha256_hex(&all);
     extra.config_hash = Some(config_hash.clone());
 
-    // Apply, children first, the StatefulSet last; stop at the first refusal.
-    macro_rules! step {
-        ($e:expr) => {
-            if let Err(outcome) = $e.await? {
-                return Ok((outcome.with_endpoint(&endpoint), extra));
-            }
-        };
-    }
-    step!(create_if_absent(
-        ctx,
-        &secrets,
-        &names.api_key_secret,
-        build::api_key_secret(hs, &names),
-        hs
-    ));
-    step!(apply::<ConfigMap>(
-        ctx,
-        hs,
-        ns,
-        build::config_map(hs, &names, &config)
-    ));
-    step!(apply::<ServiceAccount>(
-        ctx,
-        hs,
-        ns,
-        build::service_account(hs, &names)
-    ));
-    step!(apply::<Role>(ctx, hs, ns, build::role(hs, &names)));
-    step!(apply::<RoleBinding>(ctx, hs, ns, build::role_binding(hs, &names)));
-    step!(apply::<Service>(ctx, hs, ns, build::service(hs, &names, spec)));
-    let client = &ctx.client;
-    let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+    let sts_api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
     let existing = sts_api
         .get_opt(&names.statefulset)
         .await
@@ -241,12 +214,56 @@ pub async fn reconcile(
         existing_claims: existing.as_ref().and_then(build::existing_claims),
         settings: &settings,
     };
-    step!(apply::<StatefulSet>(
+    let desired = vec![
+        Desired::of::<ConfigMap>(build::config_map(hs, &names, &config)),
+        Desired::of::<ServiceAccount>(build::service_account(hs, &names)),
+        Desired::of::<Role>(build::role(hs, &names)),
+        Desired::of::<RoleBinding>(build::role_binding(hs, &names)),
+        Desired::of::<Service>(build::service(hs, &names, spec)),
+        Desired::of::<StatefulSet>(build::statefulset(hs, &names, spec, &inputs)),
+    ];
+
+    // Preflight, before anything is written: no name is someone else's, and the API
+    // server accepts every object that changes (a server-side dry run). A refusal
+    // leaves everything as it was.
+    if let Some(outcome) = secret_conflict(&secrets, hs, &names.api_key_secret).await? {
+        return Ok((outcome.with_endpoint(&endpoint), extra));
+    }
+    let mut changes = Vec::new();
+    for d in desired {
+        match d.plan(ctx, hs, ns).await? {
+            Plan::Unchanged => {}
+            Plan::Conflict(outcome) => return Ok((outcome.with_endpoint(&endpoint), extra)),
+            Plan::Apply(d) => changes.push(d),
+        }
+    }
+    for d in &changes {
+        if let Err(outcome) = d.apply(ctx, ns, true).await? {
+            return Ok((outcome.with_endpoint(&endpoint), extra));
+        }
+    }
+
+    // Apply: Secrets first, the StatefulSet last.
+    if let Some(new_keys) = &keys.create
+        && let Err(outcome) = create_keys(ctx, hs, &secrets, &names, new_keys).await?
+    {
+        return Ok((outcome.with_endpoint(&endpoint), extra));
+    }
+    create_if_absent(
         ctx,
+        &secrets,
+        &names.api_key_secret,
+        build::api_key_secret(hs, &names),
         hs,
-        ns,
-        build::statefulset(hs, &names, spec, &inputs)
-    ));
+    )
+    .await?;
+    for d in &changes {
+        if let Err(outcome) = d.apply(ctx, ns, false).await? {
+            return Ok((outcome.with_endpoint(&endpoint), extra));
+        }
+        count_write(ctx, hs, &d.kind);
+        tracing::info!(server = %format!("{ns}/{name}"), kind = %d.kind, name = %d.name, "applied");
+    }
 
     // Observe: the API key first (status shows it even while the pod restarts).
     let key_secret = secrets
@@ -375,64 +392,208 @@ async fn secret_value(
     )
 }
 
-/// Creates the keys Secret with fresh keys if it does not exist; returns the hash of
-/// its values. An existing Secret is never overwritten: it may hold a noise key every
-/// client depends on (or one brought over from an existing server).
-async fn ensure_keys(
+const UNCHANGED: &str = " (nothing was changed: the running server keeps its config)";
+
+/// A managed server's name becomes a Service name (a DNS-1035 label) and a
+/// StatefulSet's pod names: lowercase letters, digits and `-`, starting with a letter,
+/// at most 52 characters. Pure.
+pub fn check_name(name: &str) -> Option<String> {
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let starts = name.bytes().next().is_some_and(|b| b.is_ascii_lowercase());
+    let ends = name.bytes().last().is_some_and(|b| b != b'-');
+    if !(ok_chars && starts && ends) {
+        return Some(format!(
+            "a managed server's name becomes its Service's name, so it must be a DNS label: lowercase letters, \
+             digits and '-', starting with a letter and not ending with '-'; {name:?} is not (nothing was created)"
+        ));
+    }
+    if name.len() > build::MAX_NAME_LEN {
+        return Some(format!(
+            "a managed server's name must be at most {} characters (its StatefulSet's pods need the rest); {name:?} has {} \
+             (nothing was created)",
+            build::MAX_NAME_LEN,
+            name.len()
+        ));
+    }
+    None
+}
+
+/// The keyholder refuses to start when a key would need rotating as soon as it is
+/// minted; say so here instead of a crash-looping sidecar. Pure.
+pub fn check_api_key_spec(spec: &ManagedSpec) -> Option<String> {
+    let lifetime = render::validate::parse_duration(&spec.api_key.lifetime);
+    let before = render::validate::parse_duration(&spec.api_key.rotate_before);
+    match (lifetime, before) {
+        (Some(l), _) if l.is_zero() => Some("spec.managed.apiKey.lifetime must be longer than 0".into()),
+        (Some(l), Some(b)) if b >= l => Some(format!(
+            "spec.managed.apiKey.rotateBefore ({}) must be shorter than apiKey.lifetime ({}): every key would need \
+             rotating as soon as it is minted",
+            spec.api_key.rotate_before, spec.api_key.lifetime
+        )),
+        (None, _) | (_, None) => {
+            Some("spec.managed.apiKey.lifetime and rotateBefore must be durations such as 90d".into())
+        }
+        _ => None,
+    }
+}
+
+/// Headscale (0.29+) refuses to start on a database of a newer version, and upgrades
+/// must go one minor at a time. `running` is what the server reported. Pure.
+pub fn check_version_step(running: Option<&str>, wanted: &str) -> Option<(&'static str, String)> {
+    let running = headscale::Version::parse(running?)?;
+    if running.is_prerelease() {
+        return None;
+    }
+    let wanted_v = headscale::Version::parse(wanted)?;
+    let (r, w) = (
+        (running.major, running.minor, running.patch),
+        (wanted_v.major, wanted_v.minor, wanted_v.patch),
+    );
+    if w < r {
+        return Some((
+            why::DOWNGRADE_REFUSED,
+            format!(
+                "spec.managed.version {wanted} is older than the running {running}: Headscale cannot run on a database \
+                 a newer version migrated (restore a backup of the old version instead)"
+            ),
+        ));
+    }
+    if w.1 > r.1 + 1 || w.0 != r.0 {
+        return Some((
+            why::UPGRADE_SKIPS_MINOR,
+            format!(
+                "spec.managed.version {wanted} skips a minor release after the running {running}: upgrade one minor at a time"
+            ),
+        ));
+    }
+    None
+}
+
+/// The keys the pod mounts: the Secret's, or new ones to create.
+struct Keys {
+    hash: Vec<u8>,
+    create: Option<(SecretString, SecretString)>,
+}
+
+/// Reads the keys Secret. An existing one is never overwritten (a new noise key
+/// disconnects every client); it may be one brought over from an existing server.
+/// A missing one is generated, unless the server has run before (its volume exists,
+/// or status shows a config): then the keys were lost, and regenerating them is only
+/// done when a person asks with the `headscale.operator.dev/regenerate-keys` annotation.
+async fn keys(
     ctx: &Context,
     hs: &HeadscaleServer,
+    ns: &str,
+    spec: &ManagedSpec,
     secrets: &Api<Secret>,
     names: &Names,
-) -> Result<Result<Vec<u8>, Outcome>, Error> {
+) -> Result<Result<Keys, Outcome>, Error> {
     let existing = secrets
         .get_opt(&names.keys_secret)
         .await
         .map_err(kube_err("reading the keys Secret"))?;
-    let secret = match existing {
-        Some(s) => s,
-        None => {
-            let noise = render::generate_private_key().map_err(|e| Error::Build(e.to_string()))?;
-            let derp = render::generate_private_key().map_err(|e| Error::Build(e.to_string()))?;
-            let obj = build::keys_secret(hs, names, noise.expose(), derp.expose());
-            let secret: Secret = serde_json::from_value(obj).map_err(|e| Error::Build(e.to_string()))?;
-            match secrets.create(&PostParams::default(), &secret).await {
-                Ok(s) => {
-                    count_write(ctx, hs, "Secret");
-                    tracing::info!(server = %format!("{}/{}", hs.namespace().unwrap_or_default(), hs.name_any()),
-                        secret = %names.keys_secret, "generated the noise and DERP keys");
-                    s
+    if let Some(secret) = existing {
+        let mut hash = Vec::new();
+        for key in [build::NOISE_KEY, build::DERP_KEY] {
+            let value = secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .map(|b| b.0.as_slice());
+            match value.and_then(|v| std::str::from_utf8(v).ok()) {
+                Some(v) if render::keys::is_private_key(v) => {
+                    hash.extend(Sha256::digest(v.trim().as_bytes()))
                 }
-                Err(kube::Error::Api(s)) if s.code == 409 => secrets
-                    .get(&names.keys_secret)
-                    .await
-                    .map_err(kube_err("reading the keys Secret"))?,
-                Err(e) => return Err(kube_err("creating the keys Secret")(e)),
+                _ => {
+                    return Ok(Err(stalled(
+                        why::KEYS_SECRET_INVALID,
+                        format!(
+                            "Secret {:?} has no valid {key:?} (Headscale's \"privkey:\" + 64 hex digits); the operator never \
+                             replaces keys on its own, because a new noise key disconnects every client: restore the key, or \
+                             delete the Secret and annotate the server {REGENERATE_KEYS_ANNOTATION}=true to have new keys generated",
+                            names.keys_secret
+                        ),
+                    )));
+                }
             }
         }
-    };
-    let mut hash = Vec::new();
-    for key in [build::NOISE_KEY, build::DERP_KEY] {
-        let value = secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(key))
-            .map(|b| b.0.as_slice());
-        match value {
-            Some(v) if v.starts_with(b"privkey:") => hash.extend(Sha256::digest(v)),
-            _ => {
-                return Ok(Err(stalled(
-                    why::KEYS_SECRET_INVALID,
-                    format!(
-                        "Secret {:?} has no valid {key:?} (Headscale's \"privkey:<hex>\" text); the operator never replaces \
-                         keys on its own, because a new noise key disconnects every client: restore the key, or delete the \
-                         Secret to have new keys generated",
-                        names.keys_secret
-                    ),
-                )));
-            }
-        }
+        return Ok(Ok(Keys { hash, create: None }));
     }
-    Ok(Ok(hash))
+    let asked = hs
+        .annotations()
+        .get(REGENERATE_KEYS_ANNOTATION)
+        .map(String::as_str)
+        == Some("true");
+    let has_volume = spec.database.type_ == DatabaseType::Sqlite
+        && Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), ns)
+            .get_metadata_opt(&names.pvc)
+            .await
+            .map_err(kube_err("reading the volume claim"))?
+            .is_some();
+    let has_run = has_volume || hs.status.as_ref().is_some_and(|s| s.config_hash.is_some());
+    if has_run && !asked {
+        return Ok(Err(stalled(
+            why::KEYS_SECRET_MISSING,
+            format!(
+                "Secret {:?} with the server's noise and DERP keys is gone, but the server has run before{}; new keys would \
+                 disconnect every client. Restore the Secret from a backup, or annotate the server \
+                 {REGENERATE_KEYS_ANNOTATION}=true to generate new ones",
+                names.keys_secret,
+                if has_volume {
+                    format!(" (its volume {:?} exists)", names.pvc)
+                } else {
+                    String::new()
+                }
+            ),
+        )));
+    }
+    let noise = render::generate_private_key().map_err(|e| Error::Build(e.to_string()))?;
+    let derp = render::generate_private_key().map_err(|e| Error::Build(e.to_string()))?;
+    let mut hash = Vec::new();
+    hash.extend(Sha256::digest(noise.expose().as_bytes()));
+    hash.extend(Sha256::digest(derp.expose().as_bytes()));
+    Ok(Ok(Keys {
+        hash,
+        create: Some((noise, derp)),
+    }))
+}
+
+async fn create_keys(
+    ctx: &Context,
+    hs: &HeadscaleServer,
+    secrets: &Api<Secret>,
+    names: &Names,
+    (noise, derp): &(SecretString, SecretString),
+) -> Result<Result<(), Outcome>, Error> {
+    let spec = hs.spec.managed.as_ref();
+    // The keys belong with the state: kept with the volume (and with a Postgres
+    // database, which outlives the server), deleted with it when the spec says so.
+    let owned = spec.is_some_and(|m| {
+        m.database.type_ == DatabaseType::Sqlite && m.database.sqlite.delete_on_server_deletion
+    });
+    let obj = build::keys_secret(hs, names, noise.expose(), derp.expose(), owned);
+    let secret: Secret = serde_json::from_value(obj).map_err(|e| Error::Build(e.to_string()))?;
+    match secrets.create(&PostParams::default(), &secret).await {
+        Ok(_) => {
+            count_write(ctx, hs, "Secret");
+            tracing::info!(
+                server = %format!("{}/{}", hs.namespace().unwrap_or_default(), hs.name_any()),
+                secret = %names.keys_secret,
+                "generated the noise and DERP keys"
+            );
+            Ok(Ok(()))
+        }
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(Err(waiting(
+            why::POD_NOT_READY,
+            format!(
+                "Secret {:?} appeared while the keys were generated; looking again",
+                names.keys_secret
+            ),
+        ))),
+        Err(e) => Err(kube_err("creating the keys Secret")(e)),
+    }
 }
 
 fn owned_by(meta: &kube::api::ObjectMeta, hs: &HeadscaleServer) -> bool {
@@ -447,9 +608,24 @@ fn conflict(kind: &str, name: &str) -> Outcome {
     stalled(
         why::NAME_CONFLICT,
         format!(
-            "{kind} {name:?} already exists and does not belong to this HeadscaleServer; rename or delete it"
+            "{kind} {name:?} already exists and does not belong to this HeadscaleServer; rename or delete it (nothing was created)"
         ),
     )
+}
+
+async fn secret_conflict(
+    secrets: &Api<Secret>,
+    hs: &HeadscaleServer,
+    name: &str,
+) -> Result<Option<Outcome>, Error> {
+    match secrets
+        .get_metadata_opt(name)
+        .await
+        .map_err(kube_err(format!("reading Secret {name}")))?
+    {
+        Some(existing) if !owned_by(&existing.metadata, hs) => Ok(Some(conflict("Secret", name))),
+        _ => Ok(None),
+    }
 }
 
 async fn create_if_absent(
@@ -458,78 +634,108 @@ async fn create_if_absent(
     name: &str,
     obj: Value,
     hs: &HeadscaleServer,
-) -> Result<Result<(), Outcome>, Error> {
-    match api
+) -> Result<(), Error> {
+    if api
         .get_metadata_opt(name)
         .await
         .map_err(kube_err(format!("reading Secret {name}")))?
+        .is_some()
     {
-        Some(existing) if owned_by(&existing.metadata, hs) => Ok(Ok(())),
-        Some(_) => Ok(Err(conflict("Secret", name))),
-        None => {
-            let secret: Secret = serde_json::from_value(obj).map_err(|e| Error::Build(e.to_string()))?;
-            match api.create(&PostParams::default(), &secret).await {
-                Ok(_) => {
-                    count_write(ctx, hs, "Secret");
-                    Ok(Ok(()))
-                }
-                Err(kube::Error::Api(s)) if s.code == 409 => Ok(Ok(())),
-                Err(e) => Err(kube_err(format!("creating Secret {name}"))(e)),
-            }
+        return Ok(());
+    }
+    let secret: Secret = serde_json::from_value(obj).map_err(|e| Error::Build(e.to_string()))?;
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => {
+            count_write(ctx, hs, "Secret");
+            Ok(())
         }
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(kube_err(format!("creating Secret {name}"))(e)),
     }
 }
 
-/// Server-side applies `obj` unless the live object already carries its hash.
-async fn apply<K>(
-    ctx: &Context,
-    hs: &HeadscaleServer,
-    ns: &str,
+/// One child as the spec wants it.
+struct Desired {
+    ar: ApiResource,
+    kind: String,
+    name: String,
     obj: Value,
-) -> Result<Result<(), Outcome>, Error>
-where
-    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + serde::Serialize
-        + std::fmt::Debug,
-{
-    let kind = K::kind(&()).to_string();
-    let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
-    let (obj, hash) = build::stamp(obj);
-    if let Some(live) = api
-        .get_metadata_opt(&name)
-        .await
-        .map_err(kube_err(format!("reading {kind} {name}")))?
-    {
-        if !owned_by(&live.metadata, hs) {
-            return Ok(Err(conflict(&kind, &name)));
-        }
-        if live.annotations().get(build::APPLIED_HASH_ANNOTATION) == Some(&hash) {
-            return Ok(Ok(()));
+    hash: String,
+}
+
+enum Plan {
+    Unchanged,
+    Conflict(Outcome),
+    Apply(Desired),
+}
+
+impl Desired {
+    fn of<K: Resource<DynamicType = ()>>(obj: Value) -> Self {
+        let (obj, hash) = build::stamp(obj);
+        Self {
+            ar: ApiResource::erase::<K>(&()),
+            kind: K::kind(&()).to_string(),
+            name: obj["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+            obj,
+            hash,
         }
     }
-    match api
-        .patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&obj),
-        )
-        .await
-    {
-        Ok(_) => {
-            count_write(ctx, hs, &kind);
-            tracing::info!(server = %format!("{ns}/{}", hs.name_any()), %kind, %name, "applied");
-            Ok(Ok(()))
+
+    /// Whether the live object (if any) is ours and already as wanted. A live object
+    /// that carries our hash but was edited since (drift) is applied again.
+    async fn plan(self, ctx: &Context, hs: &HeadscaleServer, ns: &str) -> Result<Plan, Error> {
+        let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &self.ar);
+        let Some(live) = api
+            .get_opt(&self.name)
+            .await
+            .map_err(kube_err(format!("reading {} {}", self.kind, self.name)))?
+        else {
+            return Ok(Plan::Apply(self));
+        };
+        if !owned_by(&live.metadata, hs) {
+            return Ok(Plan::Conflict(conflict(&self.kind, &self.name)));
         }
-        // The API server refused what we built from the spec (e.g. a resource quantity it
-        // rejects): the user must change the spec. Nothing else is applied after it.
-        Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => Ok(Err(stalled(
-            why::APPLY_REJECTED,
-            format!("the API server refused {kind} {name:?}: {}", s.message),
-        ))),
-        Err(e) => Err(kube_err(format!("applying {kind} {name}"))(e)),
+        let stamped = live.annotations().get(build::APPLIED_HASH_ANNOTATION) == Some(&self.hash);
+        let live = serde_json::to_value(&live).map_err(|e| Error::Build(e.to_string()))?;
+        if stamped && drift::contains(&live, &self.obj) {
+            return Ok(Plan::Unchanged);
+        }
+        if stamped {
+            tracing::info!(
+                server = %format!("{ns}/{}", hs.name_any()),
+                kind = %self.kind,
+                name = %self.name,
+                "repairing a change made outside the operator"
+            );
+        }
+        Ok(Plan::Apply(self))
+    }
+
+    /// Server-side apply (as a dry run first, so a refusal writes nothing).
+    async fn apply(&self, ctx: &Context, ns: &str, dry_run: bool) -> Result<Result<(), Outcome>, Error> {
+        let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &self.ar);
+        let mut params = PatchParams::apply(FIELD_MANAGER).force();
+        params.dry_run = dry_run;
+        match api.patch(&self.name, &params, &Patch::Apply(&self.obj)).await {
+            Ok(_) => Ok(Ok(())),
+            // A dry run of an object that refers to another one of this change (a
+            // RoleBinding to the Role not created yet) cannot be judged now.
+            Err(kube::Error::Api(s)) if dry_run && s.code == 404 => Ok(Ok(())),
+            // The API server refused what we built from the spec (e.g. a resource quantity
+            // it cannot parse, which it reports as 500): the user must change the spec.
+            Err(kube::Error::Api(s)) if matches!(s.code, 400 | 422 | 500) => {
+                let message = format!(
+                    "the API server refused {} {:?}: {}{UNCHANGED}",
+                    self.kind, self.name, s.message
+                );
+                Ok(Err(if s.code == 500 {
+                    waiting(why::APPLY_REJECTED, message)
+                } else {
+                    stalled(why::APPLY_REJECTED, message)
+                }))
+            }
+            Err(e) => Err(kube_err(format!("applying {} {}", self.kind, self.name))(e)),
+        }
     }
 }
 
@@ -564,11 +770,12 @@ async fn observe_pod(
                     .spec
                     .as_ref()
                     .and_then(|s| s.storage_class_name.clone())
-                    .unwrap_or_else(|| "the cluster default".into());
+                    .map(|c| format!("storage class {c:?}"))
+                    .unwrap_or_else(|| "the cluster's default storage class (none is set?)".into());
                 return Ok(Some(waiting(
                     why::VOLUME_PENDING,
                     format!(
-                        "volume claim {:?} is {phase}: no volume of storage class {class} is available",
+                        "volume claim {:?} is {phase}: no volume is available from {class}",
                         names.pvc
                     ),
                 )));
@@ -587,11 +794,12 @@ async fn observe_pod(
 /// Why a pod is not serving the current config. Pure.
 pub fn pod_problem(pod: &Pod, config_hash: &str) -> Option<Outcome> {
     let name = pod.name_any();
-    if let Some(cs) = pod
+    for cs in pod
         .status
         .as_ref()
         .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.name == "headscale"))
+        .into_iter()
+        .flatten()
     {
         let crashing = cs
             .state
@@ -604,10 +812,15 @@ pub fn pod_problem(pod: &Pod, config_hash: &str) -> Option<Outcome> {
             && t.exit_code != 0
         {
             let tail = t.message.as_deref().map(log_tail).unwrap_or_default();
+            let who = if cs.name == "headscale" {
+                "Headscale".to_string()
+            } else {
+                format!("container {:?}", cs.name)
+            };
             return Some(stalled(
                 why::HEADSCALE_FAILED,
                 format!(
-                    "Headscale exited with code {} ({} restarts){}",
+                    "{who} exited with code {} ({} restarts){}",
                     t.exit_code,
                     cs.restart_count,
                     if tail.is_empty() {
