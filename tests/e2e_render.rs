@@ -32,7 +32,7 @@ use headscale_operator::render::{
     DnsInput, Layout, POSTGRES_PASSWORD_ENV, Target, generate_private_key, render_config, validate,
 };
 use serde_json::{Value, json};
-use support::{headscale_bin, scratch_dir};
+use support::{KubeletDir, headscale_bin, scratch_dir};
 
 const VERSIONS: [&str; 2] = ["0.28.0", "0.29.2"];
 const START_TIMEOUT: Duration = Duration::from_secs(45);
@@ -155,44 +155,6 @@ fn served(metrics_port: u16, want: &[&str], hs: &Headscale) {
             hs.log_text()
         );
         std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A directory written the way the kubelet writes a ConfigMap volume (its
-/// AtomicWriter): the files live in a timestamped directory, `..data` points at it,
-/// each visible file is a symlink through `..data`; an update writes a new directory,
-/// renames a new `..data` link over the old one and removes the old directory.
-struct KubeletDir {
-    dir: PathBuf,
-    generation: usize,
-}
-
-impl KubeletDir {
-    fn new(dir: &Path) -> KubeletDir {
-        std::fs::create_dir_all(dir).unwrap();
-        KubeletDir {
-            dir: dir.to_path_buf(),
-            generation: 0,
-        }
-    }
-
-    fn write(&mut self, file: &Path, content: &str) {
-        use std::os::unix::fs::symlink;
-        let name = file.file_name().unwrap();
-        assert_eq!(file.parent(), Some(self.dir.as_path()));
-        self.generation += 1;
-        let stamp = format!("..2026_01_01_00_00_{:02}.{}", self.generation, std::process::id());
-        std::fs::create_dir(self.dir.join(&stamp)).unwrap();
-        std::fs::write(self.dir.join(&stamp).join(name), content).unwrap();
-        let old = std::fs::read_link(self.dir.join("..data")).ok();
-        symlink(&stamp, self.dir.join("..data_tmp")).unwrap();
-        std::fs::rename(self.dir.join("..data_tmp"), self.dir.join("..data")).unwrap();
-        if std::fs::symlink_metadata(file).is_err() {
-            symlink(Path::new("..data").join(name), file).unwrap();
-        }
-        if let Some(old) = old {
-            std::fs::remove_dir_all(self.dir.join(old)).unwrap();
-        }
     }
 }
 
