@@ -86,7 +86,7 @@ pub struct Nameservers {
 pub struct ExtraRecord {
     /// Fully qualified name, e.g. `grafana.tailnet.example.com` (lowercase, no
     /// trailing dot, no wildcard).
-    #[x_kube(validation = Rule::new("!self.contains('*')").message("extra record names cannot be wildcards: Headscale and Tailscale clients match names exactly"))]
+    #[x_kube(validation = Rule::new("!self.matches('[*]')").message("extra record names cannot be wildcards: Headscale and Tailscale clients match names exactly"))]
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
     /// `A` or `AAAA`.
