@@ -777,6 +777,46 @@ mod tests {
     }
 
     #[test]
+    fn dns_configs_learn_what_became_of_them() {
+        use dns::build::Report;
+        let external = server(1);
+        let down = Outcome::not_ready(reason::SERVER_UNREACHABLE, "refused", false);
+        assert_eq!(dns_report(&external, None, &down), Some(Report::External));
+        let spec: HeadscaleServerSpec = serde_json::from_value(json!({
+            "managed": {"version": "0.29.2", "serverUrl": "https://hs.example.com"}
+        }))
+        .unwrap();
+        let managed = HeadscaleServer::new("m", spec);
+        let invalid = Outcome::not_ready("InvalidDuration", "ephemeralInactivityTimeout too short", true);
+        match dns_report(&managed, None, &invalid) {
+            Some(Report::ServerPending { message }) => {
+                assert!(message.starts_with("InvalidDuration: "), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let status = dns::build::server_status(&crate::render::DnsInput::safe_default(), None, 2);
+        let mut result = managed::DnsResult {
+            refused: None,
+            status,
+            applied: false,
+        };
+        assert!(matches!(
+            dns_report(&managed, Some(&result), &invalid),
+            Some(Report::ServerPending { .. })
+        ));
+        result.applied = true;
+        assert_eq!(
+            dns_report(&managed, Some(&result), &invalid),
+            Some(Report::Applied { record_count: 2 })
+        );
+        result.refused = Some((vec![], "the safe default DNS".into()));
+        assert!(matches!(
+            dns_report(&managed, Some(&result), &invalid),
+            Some(Report::Refused { .. })
+        ));
+    }
+
+    #[test]
     fn managed_mode_reports_mode() {
         let spec: HeadscaleServerSpec = serde_json::from_value(json!({
             "managed": {"version": "0.29.2", "serverUrl": "https://hs.example.com"}
