@@ -121,6 +121,31 @@ kubectl -n "$NS" wait --for=condition=Ready pod/edge-0 --timeout=90s
 kubectl -n "$NS" wait --for=jsonpath='{.status.conditions[?(@.type=="Ready")].reason}'=ApiKeyPending \
   headscaleserver/edge --timeout=60s
 
+step "its DNS (examples/dns-config.yaml): split DNS and extra records; then a record changes without a restart"
+kubectl -n "$NS" apply -f examples/dns-config.yaml
+kubectl -n "$NS" wait --for=jsonpath='{.status.conditions[?(@.type=="Ready")].reason}'=Applied \
+  dnsconfig/edge-dns --timeout=60s
+# The DNS settings rolled the pod once; wait until the new pod runs them.
+kubectl -n "$NS" rollout status statefulset/edge --timeout=90s
+kubectl -n "$NS" wait --for=condition=Ready pod/edge-0 --timeout=90s
+uid_before=$(kubectl -n "$NS" get pod edge-0 -o jsonpath='{.metadata.uid}')
+gen_before=$(kubectl -n "$NS" get statefulset edge -o jsonpath='{.metadata.generation}')
+records_before=$(kubectl -n "$NS" get configmap edge-dns-records -o jsonpath='{.data.extra-records\.json}')
+kubectl -n "$NS" patch dnsconfig edge-dns --type merge -p \
+  '{"spec":{"extraRecords":[{"name":"grafana.tailnet.example.com","type":"A","value":"100.64.0.11"}]}}'
+for _ in $(seq 1 60); do
+  records_after=$(kubectl -n "$NS" get configmap edge-dns-records -o jsonpath='{.data.extra-records\.json}')
+  [ "$records_after" = "$records_before" ] || break
+  sleep 0.5
+done
+sleep 3 # a resync or two: nothing else may move
+uid_after=$(kubectl -n "$NS" get pod edge-0 -o jsonpath='{.metadata.uid}')
+gen_after=$(kubectl -n "$NS" get statefulset edge -o jsonpath='{.metadata.generation}')
+printf 'records ConfigMap edge-dns-records before:\n%s\nafter:\n%s\n' "$records_before" "$records_after"
+echo "pod edge-0 uid before $uid_before, after $uid_after; StatefulSet generation before $gen_before, after $gen_after"
+[ "$records_after" != "$records_before" ] || die "the records ConfigMap did not change"
+[ "$uid_after" = "$uid_before" ] && [ "$gen_after" = "$gen_before" ] || die "a records change restarted the pod"
+
 step "what a user sees"
 kubectl -n "$NS" get headscaleservers -o wide
 echo
@@ -131,6 +156,10 @@ kubectl -n "$NS" get statefulset,pod,service,configmap,secret,serviceaccount,rol
   -l app.kubernetes.io/instance=edge 2>/dev/null || true
 kubectl -n "$NS" get pvc data-edge-0
 kubectl -n "$NS" get headscaleserver edge -o jsonpath='{range .status.conditions[*]}{.type}={.status} ({.reason}): {.message}{"\n"}{end}'
+echo
+kubectl -n "$NS" get dnsconfigs -o wide
+echo "status.dns of edge (leakProtection: clients use the tailnet's resolvers only):"
+kubectl -n "$NS" get headscaleserver edge -o jsonpath='{.status.dns}' | python3 -m json.tool
 echo
 kubectl -n "$NS" get events --field-selector involvedObject.name=corp
 echo
@@ -167,7 +196,7 @@ if [ "$keep" = 1 ]; then
 Everything keeps running. To look around:
   . $DEMO/cluster/env          # KUBECONFIG and friends
   export PATH=$HSOP_K8S_BIN:\$PATH
-  kubectl -n $NS get hss,hsacl,hsna -o wide
+  kubectl -n $NS get hss,hsacl,hsdns,hsna -o wide
   curl $(cat "$DEMO/operator/operator.url")/metrics
   tail -f $DEMO/operator/operator.log
 Stop it all with: e2e/demo.sh --down

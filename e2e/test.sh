@@ -76,6 +76,7 @@ HSOP_E2E_DIR=$RUN cargo test --test e2e -- --test-threads 4
 HSOP_E2E_DIR=$RUN cargo test --test e2e_policy -- --test-threads 4
 HSOP_E2E_DIR=$RUN cargo test --test e2e_nodes -- --test-threads 4
 HSOP_E2E_DIR=$RUN cargo test --test e2e_managed -- --test-threads 4
+HSOP_E2E_DIR=$RUN cargo test --test e2e_dns -- --test-threads 4
 HSOP_E2E_DIR=$RUN cargo test --test headscale_client -- --test-threads 2
 HSOP_E2E_DIR=$RUN cargo test --test e2e_keyholder -- --test-threads 2
 # Real Tailscale clients in network namespaces (root; no cluster needed). The versions run in

@@ -387,6 +387,20 @@ async fn invalid_resources_are_rejected_by_the_api_server() {
             "magicDns (on by default) needs spec.baseDomain",
         ),
         (
+            "wildcard extra record",
+            json!({"apiVersion": "headscale.operator.dev/v1alpha1", "kind": "DnsConfig", "metadata": {"name": "x"},
+            "spec": {"serverRef": {"name": "s"}, "magicDns": false, "overrideLocalDns": false,
+                     "extraRecords": [{"name": "*.example.net", "type": "A", "value": "100.64.0.1"}]}}),
+            "extra record names cannot be wildcards",
+        ),
+        (
+            "A record with an IPv6 address",
+            json!({"apiVersion": "headscale.operator.dev/v1alpha1", "kind": "DnsConfig", "metadata": {"name": "x"},
+            "spec": {"serverRef": {"name": "s"}, "magicDns": false, "overrideLocalDns": false,
+                     "extraRecords": [{"name": "a.example.net", "type": "A", "value": "fd7a::1"}]}}),
+            "an A record's value must be an IPv4 address",
+        ),
+        (
             "url with credentials",
             hss(
                 json!({"external": {"url": "https://user:pw@hs.example.com", "apiKeySecretRef": {"name": "k"}}}),

@@ -27,11 +27,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use headscale_operator::api::server::ManagedSpec;
+use headscale_operator::controller::dns::build::default_input;
 use headscale_operator::render::{
     DnsInput, Layout, POSTGRES_PASSWORD_ENV, Target, generate_private_key, render_config, validate,
 };
 use serde_json::{Value, json};
-use support::{headscale_bin, scratch_dir};
+use support::{KubeletDir, headscale_bin, scratch_dir};
 
 const VERSIONS: [&str; 2] = ["0.28.0", "0.29.2"];
 const START_TIMEOUT: Duration = Duration::from_secs(45);
@@ -39,13 +40,122 @@ const START_TIMEOUT: Duration = Duration::from_secs(45);
 // ---------------------------------------------------------------------------------
 // The proofs
 
+/// What a server without a DnsConfig gets: no DNS settings and the records file
+/// holding `[]` (as the operator writes it).
 #[test]
 fn minimal_sqlite_config_runs_on_every_version() {
     each_version(|version| {
         let run = Run::new("min");
         let spec = run.spec(version, json!({}));
-        run.prove(&spec, &DnsInput::safe_default(), &[]);
+        let mut records = KubeletDir::new(&run.layout.dns_dir);
+        records.write(&run.layout.extra_records, "[]\n");
+        run.prove(&spec, &default_input(&run.layout), &[]);
     });
+}
+
+/// Extra records change without a restart: the records file is projected the way the
+/// kubelet projects a ConfigMap volume (a timestamped directory behind the `..data`
+/// symlink, swapped atomically, the old one removed), and what Headscale serves is read
+/// from `/debug/config` on its metrics listener (loopback only): its
+/// `TailcfgDNSConfig.ExtraRecords`, which is the DNS config every client's map is
+/// cloned from (`mapper.generateDNSConfig`). A change is served by the same process;
+/// an empty (0-byte) file is ignored by Headscale, and `[]` clears the records.
+#[test]
+fn extra_records_change_without_a_restart_on_every_version() {
+    each_version(|version| {
+        let run = Run::new("records");
+        let spec = run.spec(version, json!({}));
+        let dns = DnsInput {
+            magic_dns: true,
+            base_domain: Some("tailnet.example.net".into()),
+            override_local_dns: true,
+            global_nameservers: vec!["10.0.0.53".into()],
+            ..default_input(&run.layout)
+        };
+        let file = &run.layout.extra_records;
+        let mut records = KubeletDir::new(&run.layout.dns_dir);
+        records.write(
+            file,
+            r#"[{"name":"grafana.tailnet.example.net","type":"A","value":"100.64.0.10"}]"#,
+        );
+        let mut hs = run.prove_running(&spec, &dns, &[]);
+        let pid = hs.child.id();
+        let metrics = run.layout.metrics_port;
+        served(metrics, &["grafana.tailnet.example.net A 100.64.0.10"], &hs);
+
+        let t0 = Instant::now();
+        records.write(
+            file,
+            r#"[{"name":"grafana.tailnet.example.net","type":"A","value":"100.64.0.11"},
+                {"name":"db.tailnet.example.net","type":"AAAA","value":"fd7a:115c:a1e0::5"}]"#,
+        );
+        served(
+            metrics,
+            &[
+                "db.tailnet.example.net AAAA fd7a:115c:a1e0::5",
+                "grafana.tailnet.example.net A 100.64.0.11",
+            ],
+            &hs,
+        );
+        eprintln!(
+            "headscale {version}: a changed records file served after {:?}",
+            t0.elapsed()
+        );
+
+        // An empty file is ignored (Headscale takes it for a write in progress) ...
+        records.write(file, "");
+        std::thread::sleep(Duration::from_secs(2));
+        assert_eq!(
+            served_now(metrics).len(),
+            2,
+            "headscale {version} applied an empty records file"
+        );
+        // ... and `[]` removes the last record: what the operator writes for none.
+        records.write(file, "[]\n");
+        served(metrics, &[], &hs);
+        assert!(hs.child.try_wait().unwrap().is_none(), "headscale exited");
+        assert_eq!(hs.child.id(), pid, "the same process serves the new records");
+    });
+}
+
+/// The extra records Headscale serves now, as `name type value`, sorted.
+fn served_now(metrics_port: u16) -> Vec<String> {
+    let Some((200, body)) = http_get(metrics_port, "/debug/config") else {
+        return vec!["(no answer from /debug/config)".into()];
+    };
+    let config: Value = serde_json::from_str(&body).unwrap_or_default();
+    let mut out: Vec<String> = config["TailcfgDNSConfig"]["ExtraRecords"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            format!(
+                "{} {} {}",
+                r["Name"].as_str().unwrap_or(""),
+                r["Type"].as_str().unwrap_or(""),
+                r["Value"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Waits until Headscale serves exactly `want` (sorted `name type value`).
+fn served(metrics_port: u16, want: &[&str], hs: &Headscale) {
+    let t0 = Instant::now();
+    loop {
+        let have = served_now(metrics_port);
+        if have == want {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "headscale serves {have:?}, not {want:?}:\n{}",
+            hs.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Everything the renderer can write at once (except DERP map URLs, which would need
@@ -290,6 +400,12 @@ impl Run {
     /// Validates, renders, starts and checks: healthy, the target version, metrics
     /// served, socket with mode 0770. Returns the rendered config.
     fn prove(&self, spec: &ManagedSpec, dns: &DnsInput, env: &[(&str, &str)]) -> String {
+        self.prove_running(spec, dns, env);
+        std::fs::read_to_string(&self.layout.config_file).unwrap()
+    }
+
+    /// [`Run::prove`], leaving Headscale running.
+    fn prove_running(&self, spec: &ManagedSpec, dns: &DnsInput, env: &[(&str, &str)]) -> Headscale {
         let target = self.target(spec, dns);
         let config = self.write(spec, &target, dns);
         let t0 = Instant::now();
@@ -331,7 +447,7 @@ impl Run {
             target.version(),
             self.dir.display()
         );
-        config
+        hs
     }
 
     /// Renders `spec` for `target` without validating it, starts Headscale and

@@ -8,7 +8,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use headscale_operator::api::DnsConfigSpec;
 use headscale_operator::api::server::ManagedSpec;
+use headscale_operator::controller::dns::build::{candidate, default_input};
 use headscale_operator::render::{DnsInput, Layout, render_config, validate};
 use serde_json::{Value, json};
 
@@ -27,8 +29,21 @@ fn managed(version: &str, extra: Value) -> ManagedSpec {
     serde_json::from_value(spec).unwrap()
 }
 
-/// (case, spec fields beyond version and serverUrl, DNS)
+/// (case, spec fields beyond version and serverUrl, DNS). Without a DnsConfig a server
+/// gets the safe default with the (empty) records file: `default_input`.
 fn cases() -> Vec<(&'static str, Value, DnsInput)> {
+    // A DnsConfig as the controller maps it: MagicDNS, a resolver, split DNS, a record.
+    let dns_config: DnsConfigSpec = serde_json::from_value(json!({
+        "serverRef": {"name": "hs"},
+        "baseDomain": "ts.example.net",
+        "nameservers": {"global": ["192.0.2.53"], "split": {"corp.example.com": ["10.1.0.53"]}},
+        "extraRecords": [{"name": "grafana.ts.example.net", "type": "A", "value": "100.64.0.10"}],
+    }))
+    .unwrap();
+    let from_dns_config = candidate(&dns_config, &managed("0.29.2", json!({})), &Layout::pod())
+        .expect("the golden DnsConfig is valid")
+        .input;
+    let no_dns_config = default_input(&Layout::pod());
     let full_dns = DnsInput {
         magic_dns: true,
         base_domain: Some("tailnet.example.net".into()),
@@ -45,20 +60,21 @@ fn cases() -> Vec<(&'static str, Value, DnsInput)> {
         extra_records_path: Some(Layout::pod().extra_records.clone()),
     };
     vec![
-        ("minimal-sqlite", json!({}), DnsInput::safe_default()),
+        ("minimal-sqlite", json!({}), no_dns_config.clone()),
+        ("dnsconfig", json!({}), from_dns_config),
         (
             "postgres",
             json!({"database": {"type": "Postgres", "postgres": {
                 "host": "pg.db.svc", "port": 5433, "database": "headscale", "user": "headscale",
                 "passwordSecretRef": {"name": "pg", "key": "password"}, "sslMode": "verify-full"}}}),
-            DnsInput::safe_default(),
+            no_dns_config.clone(),
         ),
         (
             "oidc",
             json!({"oidc": {"issuer": "https://sso.example.com/realms/corp", "clientId": "headscale",
                 "clientSecretRef": {"name": "oidc", "key": "client-secret"},
                 "allowedDomains": ["example.com"], "allowedGroups": ["vpn-users"]}}),
-            DnsInput::safe_default(),
+            no_dns_config.clone(),
         ),
         (
             "full",

@@ -11,9 +11,10 @@ pub mod server;
 pub use acl::{AclPolicy, AclPolicySpec, AclPolicyStatus};
 pub use approval::{NodeApproval, NodeApprovalSpec, NodeApprovalStatus};
 pub use common::{CommonStatus, LocalObjectRef, SecretKeyRef, ServerRef};
-pub use dns::{DnsConfig, DnsConfigSpec};
+pub use dns::{DnsConfig, DnsConfigSpec, DnsConfigStatus};
 pub use server::{
-    EmptyPolicy, HeadscaleServer, HeadscaleServerSpec, HeadscaleServerStatus, ServerPolicyStatus,
+    EmptyPolicy, HeadscaleServer, HeadscaleServerSpec, HeadscaleServerStatus, ServerDnsStatus,
+    ServerPolicyStatus,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

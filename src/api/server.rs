@@ -776,6 +776,10 @@ pub struct HeadscaleServerStatus {
     /// start, as stamped on the pod template (a change rolls the pod once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_hash: Option<String>,
+    /// Managed mode: the DNS the server's rendered config carries, and from which
+    /// DnsConfig (written by the server controller when it renders the config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<ServerDnsStatus>,
     /// The ACL policy the operator applied to this server. Absent until the operator
     /// applied one (or found its merged policy already served): without it, and with
     /// no AclPolicy naming the server, the server's own policy is left alone.
@@ -786,6 +790,30 @@ pub struct HeadscaleServerStatus {
     /// manager `headscale-operator/nodes`), only when it changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nodes: Option<NodeInventory>,
+}
+
+/// The DNS a managed server runs with.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerDnsStatus {
+    /// The DnsConfig whose settings and records the server runs with; absent when
+    /// none does (the safe default: no DNS settings pushed, no extra records). While a
+    /// newer version of it is refused, this is still the one in force, at
+    /// `configGeneration`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_ref: Option<String>,
+    /// The generation of that DnsConfig the server runs with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_generation: Option<i64>,
+    /// MagicDNS on.
+    pub magic_dns: bool,
+    /// `override_local_dns` on: clients use the tailnet's resolvers, not their own.
+    pub override_local_dns: bool,
+    /// Leak protection: `override_local_dns` on and at least one global resolver, so
+    /// nodes' DNS queries do not go to the local network's resolver.
+    pub leak_protection: bool,
+    /// Number of extra records in the server's records file.
+    pub extra_records: i64,
 }
 
 /// The operator's API key for a managed server, as the keyholder sidecar reports it.

@@ -3,6 +3,7 @@
 
 pub mod backoff;
 pub mod connect;
+pub mod dns;
 pub mod managed;
 pub mod nodes;
 pub mod policy;
@@ -104,6 +105,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
     futures::join!(
         server::run(ctx.clone(), ready),
         policy::run(ctx.clone()),
+        dns::run(ctx.clone()),
         nodes::run(ctx)
     );
 }

@@ -23,11 +23,12 @@ use serde_json::json;
 
 use super::Context;
 use super::connect;
+use super::dns;
 use super::managed;
 use super::{backoff, truncate};
 use crate::api::conditions::{self, reason};
 use crate::api::server::ExternalSpec;
-use crate::api::{HeadscaleServer, HeadscaleServerStatus};
+use crate::api::{DnsConfig, HeadscaleServer, HeadscaleServerStatus};
 use crate::headscale;
 use crate::metrics::{Metrics, ServerLabels};
 
@@ -53,6 +54,8 @@ pub enum Error {
     },
     #[error("building an object: {0}")]
     Build(String),
+    #[error("{0}")]
+    DnsStatus(String),
 }
 
 impl Error {
@@ -63,6 +66,7 @@ impl Error {
             Error::MissingNamespace => "MissingNamespace",
             Error::Kube { .. } => "KubeApi",
             Error::Build(_) => "Build",
+            Error::DnsStatus(_) => "PatchDnsConfigStatus",
         }
     }
 }
@@ -175,6 +179,20 @@ pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>) {
     let controller = owns_meta!(controller, Role);
     let controller = owns_meta!(controller, RoleBinding);
 
+    // DnsConfigs: a new spec, a new one or a deleted one re-renders the server it names.
+    // The reconcile reads them from this cache.
+    let dns_configs: Api<DnsConfig> = match &ctx.settings.watch_namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    let (dns_store, dns_writer) = reflector::store();
+    let dns_triggers = dns::spec_changes(
+        watcher(dns_configs, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .reflect(dns_writer),
+    );
+    let controller = controller.watches_stream(dns_triggers, |dc: DnsConfig| dns::server_of(&dc));
+
     // headscale_operator_server_ready follows the cache, so deleted servers leave it.
     let metrics_store = store.clone();
     let metrics = ctx.metrics.clone();
@@ -205,7 +223,14 @@ pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>) {
 
     controller
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
+        .run(
+            move |hs, ctx| {
+                let dns_store = dns_store.clone();
+                async move { reconcile(hs, ctx, dns_store).await }
+            },
+            error_policy,
+            ctx,
+        )
         .for_each(|res| async move {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "reconcile loop event");
@@ -269,11 +294,21 @@ fn object_key(hs: &HeadscaleServer) -> String {
     format!("{}/{}", hs.namespace().unwrap_or_default(), hs.name_any())
 }
 
-pub async fn reconcile(hs: Arc<HeadscaleServer>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(
+    hs: Arc<HeadscaleServer>,
+    ctx: Arc<Context>,
+    dns_configs: reflector::Store<DnsConfig>,
+) -> Result<Action, Error> {
+    // Never render before every DnsConfig is known: a server rendered without its
+    // DnsConfig would roll its pod to the default DNS and back.
+    let synced = tokio::time::timeout(Duration::from_secs(5), dns_configs.wait_until_ready()).await;
+    if !matches!(synced, Ok(Ok(()))) {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     let started = Instant::now();
     let labels = Metrics::controller(CONTROLLER);
     ctx.metrics.reconciles.get_or_create(&labels).inc();
-    let result = reconcile_inner(&hs, &ctx).await;
+    let result = reconcile_inner(&hs, &ctx, &dns_configs).await;
     ctx.metrics
         .reconcile_duration
         .get_or_create(&labels)
@@ -281,9 +316,21 @@ pub async fn reconcile(hs: Arc<HeadscaleServer>, ctx: Arc<Context>) -> Result<Ac
     result
 }
 
-async fn reconcile_inner(hs: &HeadscaleServer, ctx: &Context) -> Result<Action, Error> {
+async fn reconcile_inner(
+    hs: &HeadscaleServer,
+    ctx: &Context,
+    dns_configs: &reflector::Store<DnsConfig>,
+) -> Result<Action, Error> {
     let ns = hs.namespace().ok_or(Error::MissingNamespace)?;
     let key = object_key(hs);
+    let name = hs.name_any();
+    let selection = dns::build::select(
+        dns_configs
+            .state()
+            .into_iter()
+            .filter(|d| d.namespace().as_deref() == Some(ns.as_str()) && d.spec.server_ref.name == name)
+            .collect(),
+    );
 
     // Dereference and probe (managed: also apply the server's children).
     let (outcome, extra) = match (&hs.spec.external, &hs.spec.managed) {
@@ -291,7 +338,7 @@ async fn reconcile_inner(hs: &HeadscaleServer, ctx: &Context) -> Result<Action, 
             observe_external(ctx, &ns, external).await?,
             managed::Extra::default(),
         ),
-        (None, Some(spec)) => managed::reconcile(ctx, hs, &ns, spec).await?,
+        (None, Some(spec)) => managed::reconcile(ctx, hs, &ns, spec, &selection).await?,
         (None, None) => (
             Outcome::not_ready(reason::INVALID_SPEC, "set spec.managed or spec.external", true),
             managed::Extra::default(),
@@ -304,7 +351,13 @@ async fn reconcile_inner(hs: &HeadscaleServer, ctx: &Context) -> Result<Action, 
     if hs.spec.managed.is_some() {
         new_status.api_key = extra.api_key.or(old_status.api_key.clone());
         new_status.config_hash = extra.config_hash.or(old_status.config_hash.clone());
+        // status.dns says what the server's config carries: it moves only when applied.
+        new_status.dns = match &extra.dns {
+            Some(d) if d.applied => Some(d.status.clone()),
+            _ => old_status.dns.clone(),
+        };
     }
+    let dns_report = dns_report(hs, extra.dns.as_ref(), &outcome);
 
     // Apply status, only when it changed. Only this controller's part is compared
     // and written: `status.policy` and the `PolicyApplied` condition belong to the
@@ -332,6 +385,13 @@ async fn reconcile_inner(hs: &HeadscaleServer, ctx: &Context) -> Result<Action, 
     log_outcome(hs, &outcome, event.is_some());
     if let Some(event) = event {
         publish(ctx, hs, event).await;
+    }
+
+    // The DnsConfigs naming this server learn what became of them.
+    if let Some(report) = &dns_report {
+        dns::write_statuses(ctx, &ns, &name, &selection, report)
+            .await
+            .map_err(|e| Error::DnsStatus(e.to_string()))?;
     }
 
     let ready = matches!(outcome, Outcome::Ready { .. });
@@ -362,6 +422,40 @@ async fn reconcile_inner(hs: &HeadscaleServer, ctx: &Context) -> Result<Action, 
             // on the server and its Secret bring changes sooner.
             Action::requeue(ctx.settings.resync)
         }
+    })
+}
+
+/// What the DnsConfigs naming the server are told; `None` when the server's spec is
+/// neither managed nor external.
+fn dns_report(
+    hs: &HeadscaleServer,
+    dns: Option<&managed::DnsResult>,
+    outcome: &Outcome,
+) -> Option<dns::build::Report> {
+    use dns::build::Report;
+    if hs.spec.external.is_some() {
+        return Some(Report::External);
+    }
+    hs.spec.managed.as_ref()?;
+    let pending = || {
+        let message = match outcome {
+            Outcome::NotReady { reason, message, .. } => format!("{reason}: {message}"),
+            Outcome::Ready { .. } => "not applied".to_string(),
+        };
+        Report::ServerPending { message }
+    };
+    Some(match dns {
+        Some(d) => match &d.refused {
+            Some((problems, kept)) => Report::Refused {
+                problems: problems.clone(),
+                kept: kept.clone(),
+            },
+            None if d.applied => Report::Applied {
+                record_count: usize::try_from(d.status.extra_records).unwrap_or(0),
+            },
+            None => pending(),
+        },
+        None => pending(),
     })
 }
 
@@ -456,6 +550,7 @@ pub fn desired_status(
         endpoint: old.endpoint.clone(),
         api_key: old.api_key.clone(),
         config_hash: old.config_hash.clone(),
+        dns: old.dns.clone(),
         policy: None,
         nodes: None,
     };
@@ -702,6 +797,46 @@ mod tests {
         assert_eq!(next.policy, None);
         assert!(conditions::find(&next.conditions, conditions::POLICY_APPLIED).is_none());
         assert!(conditions::find(&next.conditions, conditions::READY).is_some());
+    }
+
+    #[test]
+    fn dns_configs_learn_what_became_of_them() {
+        use dns::build::Report;
+        let external = server(1);
+        let down = Outcome::not_ready(reason::SERVER_UNREACHABLE, "refused", false);
+        assert_eq!(dns_report(&external, None, &down), Some(Report::External));
+        let spec: HeadscaleServerSpec = serde_json::from_value(json!({
+            "managed": {"version": "0.29.2", "serverUrl": "https://hs.example.com"}
+        }))
+        .unwrap();
+        let managed = HeadscaleServer::new("m", spec);
+        let invalid = Outcome::not_ready("InvalidDuration", "ephemeralInactivityTimeout too short", true);
+        match dns_report(&managed, None, &invalid) {
+            Some(Report::ServerPending { message }) => {
+                assert!(message.starts_with("InvalidDuration: "), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let status = dns::build::server_status(&crate::render::DnsInput::safe_default(), None, 2);
+        let mut result = managed::DnsResult {
+            refused: None,
+            status,
+            applied: false,
+        };
+        assert!(matches!(
+            dns_report(&managed, Some(&result), &invalid),
+            Some(Report::ServerPending { .. })
+        ));
+        result.applied = true;
+        assert_eq!(
+            dns_report(&managed, Some(&result), &invalid),
+            Some(Report::Applied { record_count: 2 })
+        );
+        result.refused = Some((vec![], "the safe default DNS".into()));
+        assert!(matches!(
+            dns_report(&managed, Some(&result), &invalid),
+            Some(Report::Refused { .. })
+        ));
     }
 
     #[test]

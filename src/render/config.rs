@@ -20,7 +20,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::validate::{format_duration, parse_duration};
 use super::{DnsInput, Layout, Target};
@@ -41,6 +41,47 @@ pub fn render_config(spec: &ManagedSpec, target: &Target, dns: &DnsInput, layout
         target.minor(),
         super::POSTGRES_PASSWORD_ENV
     )
+}
+
+/// The DNS settings a `config.yaml` rendered by [`render_config`] carries: how the
+/// controller keeps a server's last good DNS while a DnsConfig is refused (it reads
+/// back what the running config was built from). `None` when the text is not such a
+/// config.
+pub fn rendered_dns(config_yaml: &str) -> Option<DnsInput> {
+    #[derive(Deserialize)]
+    struct Doc {
+        dns: DnsDoc,
+    }
+    #[derive(Deserialize)]
+    struct DnsDoc {
+        magic_dns: bool,
+        #[serde(default)]
+        base_domain: Option<String>,
+        override_local_dns: bool,
+        nameservers: NameserversDoc,
+        #[serde(default)]
+        search_domains: Vec<String>,
+        #[serde(default)]
+        extra_records_path: Option<String>,
+    }
+    #[derive(Deserialize)]
+    struct NameserversDoc {
+        #[serde(default)]
+        global: Vec<String>,
+        #[serde(default)]
+        split: BTreeMap<String, Vec<String>>,
+    }
+    let doc: Doc = serde_yaml::from_str(config_yaml).ok()?;
+    let d = doc.dns;
+    Some(DnsInput {
+        magic_dns: d.magic_dns,
+        base_domain: d.base_domain,
+        override_local_dns: d.override_local_dns,
+        global_nameservers: d.nameservers.global,
+        split: d.nameservers.split,
+        search_domains: d.search_domains,
+        extra_records_path: d.extra_records_path.map(std::path::PathBuf::from),
+    })
 }
 
 fn path(p: &std::path::Path) -> String {
@@ -400,6 +441,30 @@ mod tests {
         assert_eq!(get(&doc, "node.expiry").unwrap(), "4320h");
         assert_eq!(get(&doc, "node.ephemeral.inactivity_timeout").unwrap(), "30m");
         assert!(get(&doc, "oidc").is_none());
+    }
+
+    #[test]
+    fn the_dns_of_a_rendered_config_reads_back_as_it_was_given() {
+        let spec: ManagedSpec =
+            serde_json::from_value(json!({"version": "0.29.2", "serverUrl": "https://hs.example.com"}))
+                .unwrap();
+        let layout = Layout::pod();
+        let full = DnsInput {
+            magic_dns: true,
+            base_domain: Some("tailnet.example.net".into()),
+            override_local_dns: true,
+            global_nameservers: vec!["10.0.0.53".into(), "https://dns.example.net/dns-query".into()],
+            split: BTreeMap::from([("corp.example.com".into(), vec!["10.1.0.53".into()])]),
+            search_domains: vec!["corp.example.com".into()],
+            extra_records_path: Some(layout.extra_records.clone()),
+        };
+        for dns in [DnsInput::safe_default(), full] {
+            let target = validate(&spec, &dns).unwrap();
+            let text = render_config(&spec, &target, &dns, &layout);
+            assert_eq!(rendered_dns(&text), Some(dns));
+        }
+        assert_eq!(rendered_dns("server_url: x\n"), None);
+        assert_eq!(rendered_dns("not: [yaml"), None);
     }
 
     #[test]

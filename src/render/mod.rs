@@ -17,15 +17,17 @@
 mod config;
 pub mod keys;
 mod layout;
+mod records;
 pub mod validate;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-pub use config::render_config;
+pub use config::{render_config, rendered_dns};
 pub use keys::{KeyGenError, generate_private_key, is_private_key};
 pub use layout::Layout;
-pub use validate::{format_duration, parse_duration, validate};
+pub use records::{check_records, count_records, render_records};
+pub use validate::{format_duration, parse_duration, server_host, validate, validate_dns};
 
 /// The environment variable Headscale reads the Postgres password from. Headscale's
 /// config loader (`hscontrol/types/config.go`, `LoadConfig`, the same in 0.28.0 and
@@ -66,6 +68,9 @@ pub mod reason {
     pub const BASE_DOMAIN_CONTAINS_SERVER: &str = "BaseDomainContainsServer";
     /// A DNS name or nameserver that is not valid.
     pub const INVALID_DNS: &str = "InvalidDns";
+    /// An extra record Headscale would serve wrongly or not at all: not a DNS name, a
+    /// wildcard, an address of the wrong family, listed twice, or the server's own host.
+    pub const INVALID_EXTRA_RECORD: &str = "InvalidExtraRecord";
     /// Log level or format Headscale does not know.
     pub const INVALID_LOGGING: &str = "InvalidLogging";
 }
@@ -117,8 +122,9 @@ impl Target {
     }
 }
 
-/// The DNS part of the configuration. Issue 7 maps a `DnsConfig` to this; a server
-/// without one gets [`DnsInput::safe_default`].
+/// The DNS part of the configuration. The server controller maps the `DnsConfig` in
+/// force to this (`controller::dns::build::dns_input`); a server without one gets
+/// [`DnsInput::safe_default`] with the records file (which then holds `[]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DnsInput {
     /// Give nodes names under `base_domain` (Headscale's `dns.magic_dns`).

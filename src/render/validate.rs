@@ -63,6 +63,21 @@ pub fn validate(spec: &ManagedSpec, dns: &DnsInput) -> Result<Target, Vec<Proble
     }
 }
 
+/// Checks only the DNS settings, against the spec's server URL: the DNS problems
+/// [`validate`] would report. Used to tell a refused DnsConfig (the server keeps its
+/// last good DNS) from a refused server spec.
+pub fn validate_dns(spec: &ManagedSpec, dns: &DnsInput) -> Vec<Problem> {
+    let host = check_server_url(&spec.server_url, &mut Vec::new());
+    let mut problems = Vec::new();
+    check_dns(dns, host.as_deref(), &mut problems);
+    problems
+}
+
+/// The server URL's host name (lowercase, no port or brackets), when the URL is valid.
+pub fn server_host(spec: &ManagedSpec) -> Option<String> {
+    check_server_url(&spec.server_url, &mut Vec::new())
+}
+
 fn supported_list() -> String {
     let names: Vec<String> = SUPPORTED_MINORS.iter().map(|m| format!("0.{m}.x")).collect();
     names.join(" and ")

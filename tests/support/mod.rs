@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod clients;
+pub mod managed;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -498,4 +499,42 @@ pub fn kubectl(args: &[&str]) -> std::process::Output {
         .args(args)
         .output()
         .expect("running kubectl")
+}
+
+/// A directory written the way the kubelet writes a ConfigMap volume (its
+/// AtomicWriter): the files live in a timestamped directory, `..data` points at it,
+/// each visible file is a symlink through `..data`; an update writes a new directory,
+/// renames a new `..data` link over the old one and removes the old directory.
+pub struct KubeletDir {
+    dir: PathBuf,
+    generation: usize,
+}
+
+impl KubeletDir {
+    pub fn new(dir: &Path) -> KubeletDir {
+        std::fs::create_dir_all(dir).unwrap();
+        KubeletDir {
+            dir: dir.to_path_buf(),
+            generation: 0,
+        }
+    }
+
+    pub fn write(&mut self, file: &Path, content: &str) {
+        use std::os::unix::fs::symlink;
+        let name = file.file_name().unwrap();
+        assert_eq!(file.parent(), Some(self.dir.as_path()));
+        self.generation += 1;
+        let stamp = format!("..2026_01_01_00_00_{:02}.{}", self.generation, std::process::id());
+        std::fs::create_dir(self.dir.join(&stamp)).unwrap();
+        std::fs::write(self.dir.join(&stamp).join(name), content).unwrap();
+        let old = std::fs::read_link(self.dir.join("..data")).ok();
+        symlink(&stamp, self.dir.join("..data_tmp")).unwrap();
+        std::fs::rename(self.dir.join("..data_tmp"), self.dir.join("..data")).unwrap();
+        if std::fs::symlink_metadata(file).is_err() {
+            symlink(Path::new("..data").join(name), file).unwrap();
+        }
+        if let Some(old) = old {
+            std::fs::remove_dir_all(self.dir.join(old)).unwrap();
+        }
+    }
 }

@@ -8,6 +8,7 @@
 //! | object | name | what |
 //! |---|---|---|
 //! | ConfigMap | `NAME-config` | `config.yaml`, the rendered config (no secret in it) |
+//! | ConfigMap | `NAME-dns-records` | `extra-records.json`, the DnsConfig's extra records (`[]` for none); not in the config hash |
 //! | Secret | `NAME-keys` | `noise.key`, `derp.key`: generated once, never overwritten |
 //! | Secret | `NAME-api-key` | the operator's API key, written by the keyholder sidecar |
 //! | ServiceAccount | `NAME-headscale` | the pod's identity; its token is mounted in the keyholder only |
@@ -36,6 +37,7 @@ pub mod paths {
     pub const CONFIG_FILE: &str = "/etc/headscale/config/config.yaml";
     pub const KEYS_DIR: &str = "/etc/headscale/keys";
     pub const OIDC_DIR: &str = "/etc/headscale/oidc";
+    pub const DNS_DIR: &str = "/etc/headscale/dns";
     pub const DATA_DIR: &str = "/var/lib/headscale";
     pub const SOCKET_DIR: &str = crate::keyholder::SOCKET_DIR;
     pub const SOCKET: &str = crate::keyholder::SOCKET_PATH;
@@ -49,6 +51,8 @@ pub const DERP_KEY: &str = "derp.key";
 pub const OIDC_SECRET_FILE: &str = "client_secret";
 /// Key of the config in the ConfigMap.
 pub const CONFIG_KEY: &str = "config.yaml";
+/// Key of the records file in the records ConfigMap (the file Headscale watches).
+pub const RECORDS_KEY: &str = "extra-records.json";
 /// Pod template annotation: hash of everything the pod reads at start. A change of it
 /// is the one and only reason the pod is rolled.
 pub const CONFIG_HASH_ANNOTATION: &str = "headscale.operator.dev/config-hash";
@@ -66,6 +70,7 @@ pub struct Names {
     pub statefulset: String,
     pub service: String,
     pub config_map: String,
+    pub dns_records: String,
     pub keys_secret: String,
     pub api_key_secret: String,
     pub service_account: String,
@@ -79,6 +84,7 @@ impl Names {
             statefulset: server.to_string(),
             service: server.to_string(),
             config_map: format!("{server}-config"),
+            dns_records: format!("{server}-dns-records"),
             keys_secret: format!("{server}-keys"),
             api_key_secret: format!("{server}-api-key"),
             service_account: format!("{server}-headscale"),
@@ -152,6 +158,19 @@ pub fn config_map(hs: &HeadscaleServer, names: &Names, config_yaml: &str) -> Val
         "kind": "ConfigMap",
         "metadata": metadata(hs, &names.config_map, "config"),
         "data": { CONFIG_KEY: config_yaml },
+    })
+}
+
+/// The extra-records file Headscale watches. Mounted as a directory (a `subPath` mount
+/// never sees an update), so the kubelet's atomic swap of the volume reaches Headscale,
+/// which re-reads the file: a change needs no restart, and its content is not part of
+/// the config hash.
+pub fn records_config_map(hs: &HeadscaleServer, names: &Names, records_json: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(hs, &names.dns_records, "dns-records"),
+        "data": { RECORDS_KEY: records_json },
     })
 }
 
@@ -272,6 +291,7 @@ pub fn statefulset(hs: &HeadscaleServer, names: &Names, spec: &ManagedSpec, inpu
 
     let mut volumes = vec![
         json!({"name": "config", "configMap": {"name": names.config_map}}),
+        json!({"name": "dns-records", "configMap": {"name": names.dns_records}}),
         // 0400: with fsGroup the kubelet adds group read for the non-root user.
         json!({"name": "keys", "secret": {"secretName": names.keys_secret, "defaultMode": 0o400}}),
         json!({"name": keyholder::SOCKET_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
@@ -283,6 +303,9 @@ pub fn statefulset(hs: &HeadscaleServer, names: &Names, spec: &ManagedSpec, inpu
     ];
     let mut mounts = vec![
         json!({"name": "config", "mountPath": paths::CONFIG_DIR, "readOnly": true}),
+        // A directory mount, never a subPath: the kubelet swaps the directory's
+        // contents on a change and Headscale's file watch follows it.
+        json!({"name": "dns-records", "mountPath": paths::DNS_DIR, "readOnly": true}),
         json!({"name": "keys", "mountPath": paths::KEYS_DIR, "readOnly": true}),
         json!({"name": keyholder::SOCKET_VOLUME, "mountPath": paths::SOCKET_DIR}),
         json!({"name": "data", "mountPath": paths::DATA_DIR}),
@@ -596,12 +619,39 @@ mod tests {
             format!("{}/{OIDC_SECRET_FILE}", paths::OIDC_DIR)
         );
         assert_eq!(p(&l.data_dir), paths::DATA_DIR);
+        assert_eq!(p(&l.dns_dir), paths::DNS_DIR);
+        assert_eq!(p(&l.extra_records), format!("{}/{RECORDS_KEY}", paths::DNS_DIR));
         assert_eq!(p(&l.socket_dir), paths::SOCKET_DIR);
         assert_eq!(p(&l.socket), paths::SOCKET);
         assert_eq!(
             (l.http_port, l.metrics_port, l.stun_port),
             (HTTP_PORT, METRICS_PORT, STUN_PORT)
         );
+    }
+
+    #[test]
+    fn the_records_file_is_a_directory_mount_of_its_own_config_map() {
+        let hs = server(json!({"version": "0.29.2", "serverUrl": "https://hs.example.com"}));
+        let s = sts(&hs, "h");
+        let pod = &s["spec"]["template"]["spec"];
+        let mount = pod["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "dns-records")
+            .unwrap();
+        assert_eq!(mount["mountPath"], paths::DNS_DIR);
+        assert!(mount.get("subPath").is_none(), "a subPath mount never updates");
+        let volume = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "dns-records")
+            .unwrap();
+        assert_eq!(volume["configMap"]["name"], "corp-dns-records");
+        let cm = records_config_map(&hs, &Names::of("corp"), "[]\n");
+        assert_eq!(cm["data"][RECORDS_KEY], "[]\n");
+        assert_eq!(cm["metadata"]["ownerReferences"][0]["uid"], "u-1");
     }
 
     #[test]

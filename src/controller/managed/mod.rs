@@ -22,7 +22,8 @@ use super::Context;
 use super::server::{Error, Outcome};
 use crate::api::HeadscaleServer;
 use crate::api::conditions::reason;
-use crate::api::server::{ApiKeyStatus, DatabaseType, ManagedSpec};
+use crate::api::server::{ApiKeyStatus, DatabaseType, ManagedSpec, ServerDnsStatus};
+use crate::controller::dns::build as dns_build;
 use crate::headscale;
 use crate::metrics::KindLabels;
 use crate::render;
@@ -85,6 +86,20 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 pub struct Extra {
     pub api_key: Option<ApiKeyStatus>,
     pub config_hash: Option<String>,
+    /// What became of the DNS; `None` when the reconcile stopped before it.
+    pub dns: Option<DnsResult>,
+}
+
+/// The DNS a managed reconcile rendered, and whether it reached the cluster.
+#[derive(Debug)]
+pub struct DnsResult {
+    /// The DnsConfig in force was refused (its problems, and a description of the DNS
+    /// the server keeps instead).
+    pub refused: Option<(Vec<render::Problem>, String)>,
+    /// `status.dns` of the server for the DNS rendered.
+    pub status: ServerDnsStatus,
+    /// The records ConfigMap, config and StatefulSet were all applied.
+    pub applied: bool,
 }
 
 fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
@@ -115,12 +130,14 @@ pub fn endpoint(ctx: &Context, hs: &HeadscaleServer) -> String {
     )
 }
 
-/// Reconciles a managed server's children and observes it.
+/// Reconciles a managed server's children and observes it. `dns` holds the DnsConfigs
+/// naming the server.
 pub async fn reconcile(
     ctx: &Context,
     hs: &HeadscaleServer,
     ns: &str,
     spec: &ManagedSpec,
+    dns: &dns_build::Selection,
 ) -> Result<(Outcome, Extra), Error> {
     let mut extra = Extra::default();
     let name = hs.name_any();
@@ -130,7 +147,14 @@ pub async fn reconcile(
     if let Some(problem) = check_name(&name) {
         return Ok((stalled(reason::INVALID_SPEC, problem), extra));
     }
-    let dns = render::DnsInput::safe_default();
+    let names = Names::of(&name);
+    let layout = render::Layout::pod();
+
+    // DNS: the DnsConfig in force, or, when it is refused, the DNS the running config
+    // was built from (read back from its ConfigMap), so a refused DnsConfig changes
+    // nothing while the rest of the spec still applies.
+    let (dns, records, dns_result) = plan_dns(ctx, hs, ns, spec, dns, &names, &layout).await?;
+    extra.dns = Some(dns_result);
     let target = match render::validate(spec, &dns) {
         Ok(t) => t,
         Err(problems) => {
@@ -153,7 +177,6 @@ pub async fn reconcile(
     if let Some((reason, problem)) = check_version_step(running, &spec.version) {
         return Ok((stalled(reason, format!("{problem}{UNCHANGED}")), extra));
     }
-    let names = Names::of(&name);
 
     // Dereference the Secrets the pod reads at start; their values go into the hash only.
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
@@ -193,7 +216,7 @@ pub async fn reconcile(
     hashed.extend(&keys.hash);
 
     // Build.
-    let config = render::render_config(spec, &target, &dns, &render::Layout::pod());
+    let config = render::render_config(spec, &target, &dns, &layout);
     let mut all = config.as_bytes().to_vec();
     all.push(0);
     all.extend(&hashed);
@@ -214,14 +237,26 @@ pub async fn reconcile(
         existing_claims: existing.as_ref().and_then(build::existing_claims),
         settings: &settings,
     };
-    let desired = vec![
+    let mut desired = Vec::new();
+    // The records first: the pod mounts them, and their content never rolls it.
+    match &records {
+        Some(json) => desired.push(Desired::of::<ConfigMap>(build::records_config_map(
+            hs, &names, json,
+        ))),
+        None => match default_records(ctx, hs, ns, &names).await? {
+            Ok(Some(d)) => desired.push(d),
+            Ok(None) => {}
+            Err(outcome) => return Ok((outcome.with_endpoint(&endpoint), extra)),
+        },
+    }
+    desired.extend([
         Desired::of::<ConfigMap>(build::config_map(hs, &names, &config)),
         Desired::of::<ServiceAccount>(build::service_account(hs, &names)),
         Desired::of::<Role>(build::role(hs, &names)),
         Desired::of::<RoleBinding>(build::role_binding(hs, &names)),
         Desired::of::<Service>(build::service(hs, &names, spec)),
         Desired::of::<StatefulSet>(build::statefulset(hs, &names, spec, &inputs)),
-    ];
+    ]);
 
     // Preflight, before anything is written: no name is someone else's, and the API
     // server accepts every object that changes (a server-side dry run). A refusal
@@ -263,6 +298,9 @@ pub async fn reconcile(
         }
         count_write(ctx, hs, &d.kind);
         tracing::info!(server = %format!("{ns}/{name}"), kind = %d.kind, name = %d.name, "applied");
+    }
+    if let Some(d) = extra.dns.as_mut() {
+        d.applied = true;
     }
 
     // Observe: the API key first (status shows it even while the pod restarts).
@@ -342,6 +380,109 @@ pub async fn reconcile(
         tracing::info!(server = %format!("{ns}/{name}"), key_id = %id, "confirmed the operator's API key to the keyholder");
     }
     Ok((outcome, extra))
+}
+
+/// The DNS to render and the records file to write (`None`: leave the live one), from
+/// the DnsConfig in force; when it is refused, the DNS the live config carries.
+async fn plan_dns(
+    ctx: &Context,
+    hs: &HeadscaleServer,
+    ns: &str,
+    spec: &ManagedSpec,
+    selection: &dns_build::Selection,
+    names: &Names,
+    layout: &render::Layout,
+) -> Result<(render::DnsInput, Option<String>, DnsResult), Error> {
+    let Some(dc) = &selection.in_force else {
+        let input = dns_build::default_input(layout);
+        let status = dns_build::server_status(&input, None, 0);
+        let result = DnsResult {
+            refused: None,
+            status,
+            applied: false,
+        };
+        return Ok((input, Some(render::render_records(&[])), result));
+    };
+    match dns_build::candidate(&dc.spec, spec, layout) {
+        Ok(c) => {
+            let status = dns_build::server_status(
+                &c.input,
+                Some((dc.name_any(), dc.metadata.generation)),
+                c.record_count,
+            );
+            let result = DnsResult {
+                refused: None,
+                status,
+                applied: false,
+            };
+            Ok((c.input, Some(c.records), result))
+        }
+        Err(problems) => {
+            let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+            let live = cms
+                .get_opt(&names.config_map)
+                .await
+                .map_err(kube_err("reading the config ConfigMap"))?;
+            let rendered = live
+                .as_ref()
+                .and_then(|cm| cm.data.as_ref()?.get(build::CONFIG_KEY))
+                .and_then(|text| render::rendered_dns(text));
+            let records = cms
+                .get_opt(&names.dns_records)
+                .await
+                .map_err(kube_err("reading the DNS records ConfigMap"))?;
+            let count = records
+                .as_ref()
+                .and_then(|cm| cm.data.as_ref()?.get(build::RECORDS_KEY))
+                .and_then(|text| render::count_records(text))
+                .unwrap_or(0);
+            // Which DnsConfig that DNS came from: what status said when it was applied.
+            let from = rendered.as_ref().and_then(|_| {
+                let d = hs.status.as_ref()?.dns.as_ref()?;
+                Some((d.config_ref.clone()?, d.config_generation))
+            });
+            let input = rendered.unwrap_or_else(|| dns_build::default_input(layout));
+            let kept = match &from {
+                Some((n, Some(g))) => format!("the DNS of DnsConfig {n:?} generation {g}"),
+                Some((n, None)) => format!("the DNS of DnsConfig {n:?}"),
+                None if input == dns_build::default_input(layout) => {
+                    "the safe default DNS (no DNS settings, no extra records)".to_string()
+                }
+                None => "the DNS its config has now".to_string(),
+            };
+            let status = dns_build::server_status(&input, from, count);
+            let result = DnsResult {
+                refused: Some((problems, kept)),
+                status,
+                applied: false,
+            };
+            Ok((input, None, result))
+        }
+    }
+}
+
+/// Without DNS of its own to write (a refused DnsConfig keeps the records it had),
+/// the records ConfigMap is only created, holding no record, when it is missing.
+async fn default_records(
+    ctx: &Context,
+    hs: &HeadscaleServer,
+    ns: &str,
+    names: &Names,
+) -> Result<Result<Option<Desired>, Outcome>, Error> {
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    match api
+        .get_metadata_opt(&names.dns_records)
+        .await
+        .map_err(kube_err(format!("reading ConfigMap {}", names.dns_records)))?
+    {
+        Some(live) if owned_by(&live.metadata, hs) => Ok(Ok(None)),
+        Some(_) => Ok(Err(conflict("ConfigMap", &names.dns_records))),
+        None => Ok(Ok(Some(Desired::of::<ConfigMap>(build::records_config_map(
+            hs,
+            names,
+            &render::render_records(&[]),
+        ))))),
+    }
 }
 
 fn count_write(ctx: &Context, hs: &HeadscaleServer, kind: &str) {
