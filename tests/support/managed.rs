@@ -147,9 +147,19 @@ pub fn reqwest_blocking_get(url: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The resourceVersions of every child of server `name`.
+/// The resourceVersions of every child of server `name`; for the StatefulSet its
+/// generation (its status, which its controller and the pod's rollout keep updating,
+/// also moves the resourceVersion).
 pub async fn child_versions(client: &Client, ns: &str, name: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
+    let sts = Api::<StatefulSet>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .expect("StatefulSet");
+    out.insert(
+        format!("StatefulSet/{name} generation"),
+        sts.metadata.generation.unwrap_or_default().to_string(),
+    );
     macro_rules! rv {
         ($t:ty, $n:expr) => {
             let o = Api::<$t>::namespaced(client.clone(), ns)
@@ -163,7 +173,6 @@ pub async fn child_versions(client: &Client, ns: &str, name: &str) -> BTreeMap<S
         };
     }
     let own = name.to_string();
-    rv!(StatefulSet, own);
     rv!(Service, own);
     rv!(ConfigMap, format!("{name}-config"));
     rv!(ConfigMap, format!("{name}-dns-records"));
