@@ -476,6 +476,8 @@ async fn operator_rbac_is_least_privilege() {
         ("patch", "rolebindings.rbac.authorization.k8s.io"),
         ("get", "pods"),
         ("get", "persistentvolumeclaims"),
+        ("create", "ingresses.networking.k8s.io"),
+        ("delete", "ingresses.networking.k8s.io"),
     ] {
         assert!(can(verb, resource), "the operator needs {verb} {resource}");
     }

@@ -762,3 +762,62 @@ async fn edits_behind_the_operators_back_are_repaired_and_lost_keys_are_never_si
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn an_ingress_is_made_for_the_http_port_and_removed_with_the_spec() {
+    use k8s_openapi::api::networking::v1::Ingress;
+    let client = admin_client().await;
+    let ns = namespace(&client, "ingress").await;
+    let class = volume_for(&client, &ns).await;
+    let ingress = json!({"ingress": {"host": "hs.example.test", "className": "nginx",
+        "tlsSecretName": "hs-tls", "annotations": {"nginx.ingress.kubernetes.io/proxy-buffering": "off"}}});
+    let hs = create_server(&client, managed("hs", &ns, "0.29.2", &class, ingress)).await;
+    let api = Api::<Ingress>::namespaced(client.clone(), &ns);
+    let ing = wait_for("the Ingress", WAIT, || async {
+        api.get_opt("hs")
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("none".to_string())
+    })
+    .await;
+    assert!(owned_by(&ing.metadata, &hs));
+    let spec = ing.spec.unwrap();
+    assert_eq!(spec.ingress_class_name.as_deref(), Some("nginx"));
+    let rule = &spec.rules.unwrap()[0];
+    assert_eq!(rule.host.as_deref(), Some("hs.example.test"));
+    let backend = rule.http.as_ref().unwrap().paths[0]
+        .backend
+        .service
+        .clone()
+        .unwrap();
+    assert_eq!(backend.name, "hs");
+    assert_eq!(
+        backend.port.unwrap().name.as_deref(),
+        Some("http"),
+        "never the metrics port"
+    );
+    assert_eq!(spec.tls.unwrap()[0].secret_name.as_deref(), Some("hs-tls"));
+    assert_eq!(
+        ing.metadata
+            .annotations
+            .unwrap()
+            .get("nginx.ingress.kubernetes.io/proxy-buffering")
+            .map(String::as_str),
+        Some("off")
+    );
+
+    patch_server(
+        &client,
+        &ns,
+        "hs",
+        json!({"spec": {"managed": {"ingress": null}}}),
+    )
+    .await;
+    wait_for("the Ingress removed", WAIT, || async {
+        match api.get_opt("hs").await.map_err(|e| e.to_string())? {
+            None => Ok(()),
+            Some(_) => Err("still there".to_string()),
+        }
+    })
+    .await;
+}

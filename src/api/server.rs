@@ -161,6 +161,12 @@ pub struct ManagedSpec {
     /// Pod-level overrides.
     #[serde(default)]
     pub pod: PodSpecOverrides,
+
+    /// An Ingress `NAME` for the Service's `http` port (control protocol and API; never
+    /// the metrics port). Unset: none (and an Ingress the operator made earlier is
+    /// deleted). Its host should be `serverUrl`'s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressSpec>,
 }
 
 fn default_image() -> String {
@@ -476,7 +482,8 @@ fn default_log_format() -> String {
     "json".to_string()
 }
 
-/// How the operator moves the server between Headscale versions.
+/// How the operator moves the server between Headscale versions. Not acted on yet:
+/// today an upgrade is a change of `version` (one minor at a time, never back).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UpgradesSpec {
@@ -534,6 +541,29 @@ fn default_key_lifetime() -> String {
 }
 fn default_key_rotate_before() -> String {
     "30d".to_string()
+}
+
+/// The Ingress in front of Headscale. The proxy must pass the control protocol's
+/// upgrade (`POST` with `Upgrade: tailscale-control-protocol`) and not buffer it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSpec {
+    /// Host name clients use (usually the host of `serverUrl`).
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub host: String,
+    /// IngressClass to use; unset uses the cluster's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+    /// Secret with the TLS certificate for `host` (e.g. one cert-manager fills); unset
+    /// serves no TLS at the Ingress (terminate it elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret_name: Option<String>,
+    /// Annotations for the Ingress controller (timeouts, buffering, cert-manager issuer).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// Overrides for the Headscale pod.

@@ -83,8 +83,12 @@ if check "helm template (defaults)" render "$d"; then
   expect_count "rbac: no wildcard verbs, resources or groups" "$work/default-nocomments.yaml" '"\*"|'"'"'\*'"'"'|- \*$' 0
   expect_count "rbac: no pods/exec" "$work/default-nocomments.yaml" 'pods/exec' 0
   # Managed servers' children are garbage-collected through owner references.
-  expect_count "rbac: no delete, update on children, bind or escalate" "$work/default-nocomments.yaml" \
-    '"(delete|deletecollection|bind|escalate|impersonate)"' 0
+  expect_count "rbac: no deletecollection, bind, escalate or impersonate" "$work/default-nocomments.yaml" \
+    '"(deletecollection|bind|escalate|impersonate)"' 0
+  expect_count "rbac: delete only for ingresses (a managed server's dropped Ingress)" "$work/default-nocomments.yaml" \
+    '"delete"' 1
+  expect_count "rbac: the delete rule is the ingresses rule" "$d" \
+    'verbs: \["get", "list", "watch", "create", "patch", "delete"\]' 1
   expect_count "rbac: the keyholder image is the operator's" "$d" '^ +- name: HSOP_KEYHOLDER_IMAGE$' 1
   # Secrets: read (API keys), and create/patch only (pre-auth keys of NodeApprovals,
   # garbage-collected with their owner): never update, never delete.

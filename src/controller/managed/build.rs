@@ -258,6 +258,37 @@ pub fn service(hs: &HeadscaleServer, names: &Names, spec: &ManagedSpec) -> Value
     })
 }
 
+/// The Ingress for the `http` port, when the spec asks for one.
+pub fn ingress(hs: &HeadscaleServer, names: &Names, spec: &ManagedSpec) -> Option<Value> {
+    let ing = spec.ingress.as_ref()?;
+    let mut meta = metadata(hs, &names.service, "headscale");
+    if !ing.annotations.is_empty() {
+        meta["annotations"] = json!(ing.annotations);
+    }
+    let mut ingress_spec = json!({
+        "rules": [{
+            "host": ing.host,
+            "http": {"paths": [{
+                "path": "/",
+                "pathType": "Prefix",
+                "backend": {"service": {"name": names.service, "port": {"name": "http"}}},
+            }]},
+        }],
+    });
+    if let Some(class) = &ing.class_name {
+        ingress_spec["ingressClassName"] = json!(class);
+    }
+    if let Some(tls) = &ing.tls_secret_name {
+        ingress_spec["tls"] = json!([{"hosts": [ing.host], "secretName": tls}]);
+    }
+    Some(json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": meta,
+        "spec": ingress_spec,
+    }))
+}
+
 /// The claim template for SQLite, or none for Postgres.
 fn claim_templates(spec: &ManagedSpec) -> Value {
     if spec.database.type_ != DatabaseType::Sqlite {

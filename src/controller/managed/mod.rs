@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
@@ -255,8 +256,13 @@ pub async fn reconcile(
         Desired::of::<Role>(build::role(hs, &names)),
         Desired::of::<RoleBinding>(build::role_binding(hs, &names)),
         Desired::of::<Service>(build::service(hs, &names, spec)),
-        Desired::of::<StatefulSet>(build::statefulset(hs, &names, spec, &inputs)),
     ]);
+    if let Some(obj) = build::ingress(hs, &names, spec) {
+        desired.push(Desired::of::<Ingress>(obj));
+    }
+    desired.extend([Desired::of::<StatefulSet>(build::statefulset(
+        hs, &names, spec, &inputs,
+    ))]);
 
     // Preflight, before anything is written: no name is someone else's, and the API
     // server accepts every object that changes (a server-side dry run). A refusal
@@ -276,6 +282,11 @@ pub async fn reconcile(
         if let Err(outcome) = d.apply(ctx, ns, true).await? {
             return Ok((outcome.with_endpoint(&endpoint), extra));
         }
+    }
+
+    // An Ingress the spec no longer asks for goes (only one the server owns).
+    if spec.ingress.is_none() {
+        remove_ingress(ctx, hs, ns, &names).await?;
     }
 
     // Apply: Secrets first, the StatefulSet last.
@@ -483,6 +494,23 @@ async fn default_records(
             &render::render_records(&[]),
         ))))),
     }
+}
+
+async fn remove_ingress(ctx: &Context, hs: &HeadscaleServer, ns: &str, names: &Names) -> Result<(), Error> {
+    let api: Api<Ingress> = Api::namespaced(ctx.client.clone(), ns);
+    if let Some(live) = api
+        .get_metadata_opt(&names.service)
+        .await
+        .map_err(kube_err("reading the Ingress"))?
+        && owned_by(&live.metadata, hs)
+    {
+        api.delete(&names.service, &Default::default())
+            .await
+            .map_err(kube_err("deleting the Ingress"))?;
+        count_write(ctx, hs, "Ingress");
+        tracing::info!(server = %format!("{ns}/{}", hs.name_any()), "deleted the Ingress the spec no longer asks for");
+    }
+    Ok(())
 }
 
 fn count_write(ctx: &Context, hs: &HeadscaleServer, kind: &str) {
