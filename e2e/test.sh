@@ -83,5 +83,9 @@ HSOP_E2E_DIR=$RUN cargo test --test e2e_keyholder -- --test-threads 2
 # parallel inside each test; the ephemeral-node test (about 80 s) sets the pace. --show-output
 # prints the figures (wall time of starting 1 and 5 clients, offline and pruning delays).
 HSOP_E2E_DIR=$RUN cargo test --test e2e_clients -- --test-threads 8 --show-output
+# The nodes and policy controllers on real clients (operator, control plane and namespaces):
+# interactive approval, a pre-approved key used, pruning around online nodes and a restart,
+# merged AclPolicies on real traffic. The restart-grace test (about 2 min) sets the pace.
+HSOP_E2E_DIR=$RUN cargo test --test e2e_real_nodes -- --test-threads 4 --show-output
 
 step "done in $((SECONDS - t0))s"

@@ -5,6 +5,7 @@
 
 pub mod clients;
 pub mod managed;
+pub mod nodes;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
