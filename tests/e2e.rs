@@ -636,6 +636,12 @@ async fn invalid_managed_specs_are_rejected_by_the_api_server() {
             "spec.managed.database.postgres.passwordSecretRef: Required value",
         ),
         (
+            "postgres secret without its key",
+            json!({"database": {"type": "Postgres", "postgres": {
+            "host": "db", "database": "hs", "user": "hs", "passwordSecretRef": {"name": "pg"}}}}),
+            "spec.managed.database.postgres.passwordSecretRef.key: Required value",
+        ),
+        (
             "postgres type without settings",
             json!({"database": {"type": "Postgres"}}),
             "database.postgres must be set when database.type is Postgres",
@@ -647,7 +653,7 @@ async fn invalid_managed_specs_are_rejected_by_the_api_server() {
         ),
         (
             "oidc issuer not a url",
-            json!({"oidc": {"issuer": "sso.example.com", "clientId": "hs", "clientSecretRef": {"name": "o"}}}),
+            json!({"oidc": {"issuer": "sso.example.com", "clientId": "hs", "clientSecretRef": {"name": "o", "key": "s"}}}),
             "oidc.issuer must be an absolute http:// or https:// URL",
         ),
         (
@@ -688,7 +694,7 @@ async fn invalid_managed_specs_are_rejected_by_the_api_server() {
         (
             "pg user with space",
             json!({"database": {"type": "Postgres", "postgres": {
-            "host": "db", "database": "hs", "user": "h s", "passwordSecretRef": {"name": "pg"}}}}),
+            "host": "db", "database": "hs", "user": "h s", "passwordSecretRef": {"name": "pg", "key": "password"}}}}),
             "spec.managed.database.postgres.user",
         ),
     ];

@@ -172,7 +172,7 @@ fn full_sqlite_config_with_oidc_and_dns_runs_on_every_version() {
             json!({
                 "prefixes": {"v4": "100.64.8.0/24", "v6": "fd7a:115c:a1e0:8::/64", "allocation": "Random"},
                 "derp": {"region": {"id": 950, "code": "test", "name": "Test relay"}, "ipv4": "127.0.0.1"},
-                "oidc": {"issuer": issuer, "clientId": "headscale", "clientSecretRef": {"name": "oidc"},
+                "oidc": {"issuer": issuer, "clientId": "headscale", "clientSecretRef": {"name": "oidc", "key": "client-secret"},
                          "allowedDomains": ["example.com"], "allowedGroups": ["vpn"]},
                 "nodeExpiry": "90d",
                 "ephemeralInactivityTimeout": "1h30m",

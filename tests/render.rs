@@ -84,7 +84,7 @@ fn cases() -> Vec<(&'static str, Value, DnsInput)> {
                          "ipv4": "203.0.113.10", "ipv6": "2001:db8::10",
                          "urls": ["https://controlplane.tailscale.com/derpmap/default"]},
                 "oidc": {"issuer": "https://accounts.example.com", "clientId": "hs-client",
-                         "clientSecretRef": {"name": "oidc"}, "allowedUsers": ["alice@example.com"],
+                         "clientSecretRef": {"name": "oidc", "key": "client-secret"}, "allowedUsers": ["alice@example.com"],
                          "pkce": false},
                 "nodeExpiry": "90d",
                 "ephemeralInactivityTimeout": "1h30m",

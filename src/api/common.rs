@@ -37,6 +37,22 @@ fn default_secret_key() -> String {
     "api-key".to_string()
 }
 
+/// Selects one key of a Secret in the same namespace; the key must be named (there is no
+/// sensible default for a password or a client secret).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeySelector {
+    /// Name of the Secret, in the same namespace as the resource that refers to it.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub name: String,
+    /// Key inside the Secret's data (letters, digits, `-`, `_`, `.`), e.g. `password`.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
 /// Names an object (a ConfigMap or Secret) and one of its keys, in the same namespace.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -10,7 +10,7 @@ pub mod server;
 
 pub use acl::{AclPolicy, AclPolicySpec, AclPolicyStatus};
 pub use approval::{NodeApproval, NodeApprovalSpec, NodeApprovalStatus};
-pub use common::{CommonStatus, LocalObjectRef, SecretKeyRef, ServerRef};
+pub use common::{CommonStatus, LocalObjectRef, SecretKeyRef, SecretKeySelector, ServerRef};
 pub use dns::{DnsConfig, DnsConfigSpec, DnsConfigStatus};
 pub use server::{
     EmptyPolicy, HeadscaleServer, HeadscaleServerSpec, HeadscaleServerStatus, ServerDnsStatus,

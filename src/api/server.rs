@@ -9,7 +9,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{SecretKeyRef, conditions_schema};
+use super::common::{SecretKeyRef, SecretKeySelector, conditions_schema};
 
 /// Go-style duration with the day and week units Headscale accepts, e.g. `90d`, `1h30m`.
 pub const DURATION_PATTERN: &str = r"^(0|([0-9]+(ms|s|m|h|d|w))+)$";
@@ -271,7 +271,7 @@ pub struct PostgresSpec {
     /// environment variable `HEADSCALE_DATABASE_POSTGRES_PASS`, never in the
     /// configuration. Headscale passes it to the driver unquoted, so it must not
     /// contain spaces, quotes or backslashes.
-    pub password_secret_ref: SecretKeyRef,
+    pub password_secret_ref: SecretKeySelector,
     /// libpq sslmode: `disable`, `require`, `verify-ca` or `verify-full`.
     #[serde(default = "default_ssl_mode")]
     #[schemars(regex(pattern = r"^(disable|require|verify-ca|verify-full)$"))]
@@ -433,7 +433,7 @@ pub struct OidcSpec {
     pub client_id: String,
     /// Secret key with the OAuth client secret; mounted as a file, never rendered
     /// into the config.
-    pub client_secret_ref: SecretKeyRef,
+    pub client_secret_ref: SecretKeySelector,
     /// E-mail domains allowed to log in; empty allows all.
     #[serde(default)]
     pub allowed_domains: Vec<String>,

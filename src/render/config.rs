@@ -494,7 +494,7 @@ mod tests {
     #[test]
     fn postgres_renders_without_a_password_and_with_its_ssl_mode() {
         let pg = json!({"database": {"type": "Postgres", "postgres": {"host": "db", "database": "hs",
-            "user": "hs", "passwordSecretRef": {"name": "pg"}, "sslMode": "disable"}}});
+            "user": "hs", "passwordSecretRef": {"name": "pg", "key": "password"}, "sslMode": "disable"}}});
         let doc = render("0.28.0", pg, &DnsInput::safe_default());
         assert_eq!(get(&doc, "database.type").unwrap(), "postgres");
         assert!(get(&doc, "database.sqlite").is_none());
@@ -508,7 +508,7 @@ mod tests {
     #[test]
     fn node_expiry_moves_between_versions() {
         let oidc = json!({"nodeExpiry": "0", "oidc": {"issuer": "https://idp.example.com",
-            "clientId": "c", "clientSecretRef": {"name": "s"}}});
+            "clientId": "c", "clientSecretRef": {"name": "s", "key": "secret"}}});
         let old = render("0.28.0", oidc.clone(), &DnsInput::safe_default());
         assert_eq!(get(&old, "oidc.expiry").unwrap(), "0");
         assert_eq!(get(&old, "ephemeral_node_inactivity_timeout").unwrap(), "30m");

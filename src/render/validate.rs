@@ -29,6 +29,9 @@ use crate::api::server::{DatabaseType, DerpSpec, ManagedSpec, OidcSpec, Prefixes
 
 /// Headscale's minimum ephemeral inactivity timeout is "more than 65s".
 const MIN_EPHEMERAL_TIMEOUT: Duration = Duration::from_secs(65);
+/// Shorter node expiries log nodes out right after they log in (Tailscale's own minimum
+/// key expiry is a day); 0 stays "never".
+const MIN_NODE_EXPIRY: Duration = Duration::from_secs(3600);
 /// Longer durations overflow Go's `time.Duration` (292 years) in spirit, and Headscale
 /// turns an unparseable `node.expiry` into "never expires": keep well below.
 const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
@@ -304,8 +307,20 @@ fn check_durations(spec: &ManagedSpec, problems: &mut Vec<Problem>) {
             }
         }
     };
-    duration("nodeExpiry", &spec.node_expiry);
+    let expiry = duration("nodeExpiry", &spec.node_expiry);
     let ephemeral = duration("ephemeralInactivityTimeout", &spec.ephemeral_inactivity_timeout);
+    if let Some(d) = expiry
+        && !d.is_zero()
+        && d < MIN_NODE_EXPIRY
+    {
+        problems.push(Problem::new(
+            reason::INVALID_DURATION,
+            format!(
+                "nodeExpiry {:?} is shorter than 1h: nodes would be logged out right after they                  log in; use e.g. 180d, or 0 for never",
+                spec.node_expiry
+            ),
+        ));
+    }
     if let Some(d) = ephemeral
         && d <= MIN_EPHEMERAL_TIMEOUT
     {
@@ -852,6 +867,9 @@ mod tests {
         assert_refused(p, "InvalidDuration", &["more than 65s"]);
         let p = refused(&spec(json!({"nodeExpiry": "soon"})), &DnsInput::safe_default());
         assert_refused(p, "InvalidDuration", &["nodeExpiry", "not a duration"]);
+        let p = refused(&spec(json!({"nodeExpiry": "1ms"})), &DnsInput::safe_default());
+        assert_refused(p, "InvalidDuration", &["nodeExpiry", "shorter than 1h"]);
+        assert!(validate(&spec(json!({"nodeExpiry": "1h"})), &DnsInput::safe_default()).is_ok());
         let p = refused(&spec(json!({"nodeExpiry": "99999w"})), &DnsInput::safe_default());
         assert_refused(p, "InvalidDuration", &["longer than 100 years"]);
         validate(
@@ -872,8 +890,7 @@ mod tests {
                         "passwordSecretRef": {"name": "pg", "key": "password"}}});
         let p = refused(&spec(json!({"database": pg})), &DnsInput::safe_default());
         assert_refused(p, "InvalidDatabase", &["database.postgres.database", "unquoted"]);
-        let oidc =
-            json!({"issuer": "accounts.example.com", "clientId": "hs", "clientSecretRef": {"name": "o"}});
+        let oidc = json!({"issuer": "accounts.example.com", "clientId": "hs", "clientSecretRef": {"name": "o", "key": "s"}});
         let p = refused(&spec(json!({"oidc": oidc})), &DnsInput::safe_default());
         assert_refused(p, "InvalidOidc", &["oidc.issuer", "accounts.example.com"]);
     }
