@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use headscale_operator::api::HeadscaleServer;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use support::*;
@@ -206,8 +206,40 @@ async fn failures_are_reported_and_the_operator_recovers() {
     wait_ready(&client, &ns, "corp", ("False", "ApiKeyRejected")).await;
     wait_event(&client, &ns, "corp", "Warning", "ApiKeyRejected").await;
 
-    // The right key.
+    // The right key, but a URL with a path Headscale does not serve: said so, not
+    // mistaken for a wrong key or an outage.
     replace_key_secret(&client, &ns, "key", &hs.api_key).await;
+    let servers = Api::<HeadscaleServer>::namespaced(client.clone(), &ns);
+    let set_url = |url: String| {
+        let servers = servers.clone();
+        async move {
+            servers
+                .patch(
+                    "corp",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"external": {"url": url}}})),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    set_url(format!("{}/vpn", hs.url)).await;
+    let obj = wait_ready(&client, &ns, "corp", ("False", "UnexpectedResponse")).await;
+    let msg = obj
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .message
+        .clone();
+    assert!(
+        msg.contains("/vpn/version answered 404") && msg.contains("server_url"),
+        "{msg}"
+    );
+    set_url(hs.url.clone()).await;
     wait_ready(&client, &ns, "corp", ("True", "Ready")).await;
 
     // Headscale goes away mid-run, and comes back.

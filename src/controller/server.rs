@@ -493,6 +493,14 @@ pub async fn probe(client: &headscale::Client) -> Outcome {
     let endpoint = client.base_url().trim_end_matches('/').to_string();
     let version = match client.supported_version().await {
         Ok(v) => v,
+        // `/version` exists on every supported release and needs no key: a 404 means
+        // whatever answers at this URL is not Headscale's root (e.g. a wrong path prefix).
+        Err(headscale::Error::NotFound { .. }) => {
+            let message = format!(
+                "{endpoint}/version answered 404: no Headscale API at this URL; set it to Headscale's server_url (usually without a path)"
+            );
+            return Outcome::not_ready(reason::UNEXPECTED_RESPONSE, message, false).with_endpoint(&endpoint);
+        }
         Err(e) => return outcome_from_error(&e).with_endpoint(&endpoint),
     };
     match client.check_api_key().await {
