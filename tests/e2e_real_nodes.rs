@@ -406,7 +406,7 @@ const TEAM_B: &str = r#"{
   // Team B: Bob's way in to Alice.
   "acls": [{"action": "accept", "src": ["bob@"], "dst": ["alice@:7002"]}],
 }"#;
-/// Refused by the policy check: an undefined group.
+/// Refused by the operator's own check before Headscale sees it: an undefined group.
 const BROKEN: &str = r#"{"acls": [{"action": "accept", "src": ["group:nobody"], "dst": ["alice@:7003"]}]}"#;
 
 fn allowed(from: &Client, to: Ipv4Addr, port: u16, want: bool, what: &str) {
@@ -464,7 +464,7 @@ fn merged_acl_policies_are_enforced_on_real_traffic() {
 
         // A broken fragment is refused; the last good merge stays in force.
         w.apply_fragment("broken", 30, BROKEN);
-        let msg = w.wait_fragment("broken", "False", "PolicyRejected");
+        let msg = w.wait_fragment("broken", "False", "UndefinedGroup");
         assert!(msg.contains("group:nobody"), "{v}: {msg}");
         allowed(
             &alice,
