@@ -68,15 +68,21 @@ async fn wait_ready(client: &Client, ns: &str, name: &str, want: (&str, &str)) -
 }
 
 fn condition(hs: &HeadscaleServer, type_: &str) -> (String, String) {
-    let c = hs
-        .status
+    let c = find_condition(hs, type_);
+    (c.status.clone(), c.reason.clone())
+}
+
+fn find_condition<'a>(
+    hs: &'a HeadscaleServer,
+    type_: &str,
+) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    hs.status
         .as_ref()
         .unwrap()
         .conditions
         .iter()
         .find(|c| c.type_ == type_)
-        .unwrap();
-    (c.status.clone(), c.reason.clone())
+        .unwrap()
 }
 
 async fn wait_event(client: &Client, ns: &str, object: &str, type_: &str, reason: &str) {
@@ -225,16 +231,7 @@ async fn failures_are_reported_and_the_operator_recovers() {
     };
     set_url(format!("{}/vpn", hs.url)).await;
     let obj = wait_ready(&client, &ns, "corp", ("False", "UnexpectedResponse")).await;
-    let msg = obj
-        .status
-        .as_ref()
-        .unwrap()
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap()
-        .message
-        .clone();
+    let msg = find_condition(&obj, "Ready").message.clone();
     assert!(
         msg.contains("/vpn/version answered 404") && msg.contains("server_url"),
         "{msg}"
@@ -306,15 +303,7 @@ async fn unsupported_version_is_reported() {
         .await
         .unwrap();
     let obj = wait_ready(&client, &ns, "old", ("False", "UnsupportedVersion")).await;
-    let msg = &obj
-        .status
-        .as_ref()
-        .unwrap()
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap()
-        .message;
+    let msg = &find_condition(&obj, "Ready").message;
     assert!(msg.contains("v0.26.1") && msg.contains("0.27 to 0.30"), "{msg}");
 }
 

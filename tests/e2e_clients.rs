@@ -12,11 +12,9 @@ use std::time::{Duration, Instant};
 use headscale_operator::headscale::{Client as Api, Node, PreAuthKeySpec, UserId, Version};
 use headscale_operator::secret::SecretString;
 use jiff::{SignedDuration, Timestamp};
-use support::clients::{CONNECT_TIMEOUT, Reach, TestNet, auth_id_of};
+use support::clients::{CONNECT_TIMEOUT, Reach, TestNet, auth_id_of, on_versions};
 use support::*;
 
-/// The versions these tests run against, in parallel threads.
-const VERSIONS: [&str; 2] = ["v0.28.0", "v0.29.2"];
 /// The shortest ephemeral timeout both versions accept (they refuse 65 s or less).
 const EPHEMERAL_TIMEOUT: &str = "66s";
 const ALLOW_ALL: &str = r#"{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}"#;
@@ -38,7 +36,7 @@ struct World {
 impl World {
     fn new(version: &str, options: &[&str]) -> World {
         let net = TestNet::up();
-        let hs = start_with_retries(&net, version, options);
+        let hs = net.start_headscale(version, options);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -108,36 +106,6 @@ impl World {
     fn set_policy(&self, policy: &str) {
         self.rt.block_on(self.api.set_policy(policy)).expect("set policy");
     }
-}
-
-fn start_with_retries(net: &TestNet, version: &str, options: &[&str]) -> Headscale {
-    for attempt in 1..=3 {
-        match std::panic::catch_unwind(|| net.start_headscale(version, options)) {
-            Ok(hs) => return hs,
-            Err(e) if attempt == 3 => std::panic::resume_unwind(e),
-            Err(_) => eprintln!("starting Headscale {version} failed (attempt {attempt}); retrying"),
-        }
-    }
-    unreachable!()
-}
-
-/// Runs `test` for every version in [`VERSIONS`] at once, one thread each.
-fn on_versions(test: impl Fn(&str) + Sync) {
-    let built = headscale_versions();
-    for v in VERSIONS {
-        assert!(
-            built.iter().any(|b| b == v),
-            "Headscale {v} is not built (HSOP_HEADSCALE_BINS)"
-        );
-    }
-    std::thread::scope(|s| {
-        let runs: Vec<_> = VERSIONS.iter().map(|v| (v, s.spawn(|| test(v)))).collect();
-        let failed: Vec<_> = runs
-            .into_iter()
-            .filter_map(|(v, h)| h.join().is_err().then_some(*v))
-            .collect();
-        assert!(failed.is_empty(), "failed on {failed:?} (see the panics above)");
-    });
 }
 
 #[test]

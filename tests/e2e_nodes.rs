@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use headscale_operator::api::{HeadscaleServer, NodeApproval};
+use headscale_operator::api::NodeApproval;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -444,26 +444,9 @@ async fn nothing_is_pruned_in_the_grace_period_after_a_restart() {
     // Headscale restarts (the server is seen down, then Ready again): held again, so
     // nodes that look stale right after the restart are kept for the grace period.
     s.hs.stop();
-    let api = Api::<HeadscaleServer>::namespaced(s.client.clone(), &s.ns);
-    let ready = |want: &'static str| {
-        let api = api.clone();
-        move || {
-            let api = api.clone();
-            async move {
-                let hs = api.get("corp").await.map_err(|e| e.to_string())?;
-                let c = hs
-                    .status
-                    .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"));
-                match c {
-                    Some(c) if c.status == want => Ok(()),
-                    other => Err(format!("{other:?}")),
-                }
-            }
-        }
-    };
-    wait_for("server not Ready", WAIT, ready("False")).await;
+    s.wait_server_ready("False").await;
     s.hs.restart();
-    wait_for("server Ready again", WAIT, ready("True")).await;
+    s.wait_server_ready("True").await;
     s.hs.create_fake_nodes("alice", "again", 2, 2);
     s.wait_inventory("pruning held after the restart", |i| {
         i.pruning_held.is_some() && i.total == 2

@@ -295,17 +295,9 @@ fn seconds(t: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>) -> 
     t.map(|t| t.0.as_second())
 }
 
-/// A fresh Headscale. Many start at once here, and a free port can be taken between
-/// being picked and being bound ("address already in use"): try again, up to 3 times.
+/// A fresh Headscale (retried: many start at once here).
 fn start_headscale(version: &str) -> Headscale {
-    for attempt in 1..=3 {
-        match std::panic::catch_unwind(|| Headscale::start(version)) {
-            Ok(hs) => return hs,
-            Err(e) if attempt == 3 => std::panic::resume_unwind(e),
-            Err(_) => eprintln!("starting Headscale {version} failed (attempt {attempt}); retrying"),
-        }
-    }
-    unreachable!()
+    start_retrying(version, || Headscale::start(version))
 }
 
 fn ready(f: &AclPolicy) -> Option<(String, String, String)> {

@@ -12,18 +12,14 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use headscale_operator::api::AclPolicy;
-use headscale_operator::api::HeadscaleServer;
 use headscale_operator::headscale::{Node, PreAuthKeySpec, UserId};
 use headscale_operator::secret::SecretString;
 use jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
-use support::clients::{Client, TestNet};
+use support::clients::{Client, TestNet, on_versions};
 use support::nodes::{Setup, WAIT, status};
 use support::*;
-
-/// The versions these tests run against, in parallel threads.
-const VERSIONS: [&str; 2] = ["v0.28.0", "v0.29.2"];
 
 /// One version's world: a test network, a Headscale on it behind an external
 /// `HeadscaleServer` `corp` (user `alice`), and a runtime for the Kubernetes and API calls.
@@ -37,7 +33,7 @@ struct World {
 impl World {
     fn new(prefix: &str, version: &str) -> World {
         let net = TestNet::up();
-        let hs = start_on(&net, version);
+        let hs = net.start_headscale(version, &[]);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -115,24 +111,7 @@ impl World {
     }
 
     fn server_ready(&self, want: &str) {
-        let api = Api::<HeadscaleServer>::namespaced(self.s.client.clone(), &self.s.ns);
-        self.rt.block_on(wait_for(
-            &format!("{}: server Ready={want}", self.version()),
-            WAIT,
-            || {
-                let api = api.clone();
-                async move {
-                    let hs = api.get("corp").await.map_err(|e| e.to_string())?;
-                    let c = hs
-                        .status
-                        .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"));
-                    match c {
-                        Some(c) if c.status == want => Ok(()),
-                        other => Err(format!("{other:?}")),
-                    }
-                }
-            },
-        ));
+        self.rt.block_on(self.s.wait_server_ready(want));
     }
 
     fn fragments(&self) -> Api<AclPolicy> {
@@ -180,36 +159,6 @@ impl World {
             },
         ))
     }
-}
-
-fn start_on(net: &TestNet, version: &str) -> Headscale {
-    for attempt in 1..=3 {
-        match std::panic::catch_unwind(|| net.start_headscale(version, &[])) {
-            Ok(hs) => return hs,
-            Err(e) if attempt == 3 => std::panic::resume_unwind(e),
-            Err(_) => eprintln!("starting Headscale {version} failed (attempt {attempt}); retrying"),
-        }
-    }
-    unreachable!()
-}
-
-/// Runs `test` for every version in [`VERSIONS`] at once, one thread each.
-fn on_versions(test: impl Fn(&str) + Sync) {
-    let built = headscale_versions();
-    for v in VERSIONS {
-        assert!(
-            built.iter().any(|b| b == v),
-            "Headscale {v} is not built (HSOP_HEADSCALE_BINS)"
-        );
-    }
-    std::thread::scope(|s| {
-        let runs: Vec<_> = VERSIONS.iter().map(|v| (v, s.spawn(|| test(v)))).collect();
-        let failed: Vec<_> = runs
-            .into_iter()
-            .filter_map(|(v, h)| h.join().is_err().then_some(*v))
-            .collect();
-        assert!(failed.is_empty(), "failed on {failed:?} (see the panics above)");
-    });
 }
 
 fn inventory_of(

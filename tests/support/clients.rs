@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use headscale_operator::secret::SecretString;
 
-use super::{Headscale, repo, scratch_dir};
+use super::{Headscale, headscale_versions, repo, scratch_dir, start_retrying};
 
 /// How long a client gets to reach `Running` after `tailscale up`.
 pub const UP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -67,6 +67,29 @@ fn tool(var: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// The Headscale versions the real-client tests run against, in parallel threads.
+pub const VERSIONS: [&str; 2] = ["v0.28.0", "v0.29.2"];
+
+/// Runs `test` for every version in [`VERSIONS`] at once, one thread each; fails (never skips)
+/// when one is not built.
+pub fn on_versions(test: impl Fn(&str) + Sync) {
+    let built = headscale_versions();
+    for v in VERSIONS {
+        assert!(
+            built.iter().any(|b| b == v),
+            "Headscale {v} is not built (HSOP_HEADSCALE_BINS)"
+        );
+    }
+    std::thread::scope(|s| {
+        let runs: Vec<_> = VERSIONS.iter().map(|v| (v, s.spawn(|| test(v)))).collect();
+        let failed: Vec<_> = runs
+            .into_iter()
+            .filter_map(|(v, h)| h.join().is_err().then_some(*v))
+            .collect();
+        assert!(failed.is_empty(), "failed on {failed:?} (see the panics above)");
+    });
 }
 
 /// A private test subnet: a bridge on the host and the namespaces of its clients.
@@ -123,11 +146,12 @@ impl TestNet {
 
     /// A real Headscale listening (HTTP, DERP, STUN) on this network's host address.
     /// `options` as for [`Headscale::start_with`], e.g. `["--ephemeral-timeout", "66s"]`.
+    /// Retried like [`super::start_retrying`].
     pub fn start_headscale(&self, version: &str, options: &[&str]) -> Headscale {
         let addr = self.addr.to_string();
         let mut all = vec!["--listen", addr.as_str()];
         all.extend_from_slice(options);
-        Headscale::start_with(version, &all)
+        start_retrying(version, || Headscale::start_with(version, &all))
     }
 
     /// A new test host running `tailscaled`, not logged in. `name` is its hostname

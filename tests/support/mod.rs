@@ -164,6 +164,19 @@ pub fn headscale_bin(version: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("no headscale {version} in HSOP_HEADSCALE_BINS"))
 }
 
+/// Starts a Headscale with `start`, up to 3 times. Many start at once in the tests, and a free
+/// port can be taken between being picked and being bound ("address already in use").
+pub fn start_retrying(version: &str, start: impl Fn() -> Headscale + std::panic::RefUnwindSafe) -> Headscale {
+    for attempt in 1..=3 {
+        match std::panic::catch_unwind(&start) {
+            Ok(hs) => return hs,
+            Err(e) if attempt == 3 => std::panic::resume_unwind(e),
+            Err(_) => eprintln!("starting Headscale {version} failed (attempt {attempt}); retrying"),
+        }
+    }
+    unreachable!()
+}
+
 /// A real Headscale server started by `e2e/headscale.sh`; stopped on drop.
 pub struct Headscale {
     pub dir: PathBuf,

@@ -162,14 +162,7 @@ impl Setup {
 }
 
 pub fn start_headscale(version: &str) -> Headscale {
-    for attempt in 1..=3 {
-        match std::panic::catch_unwind(|| Headscale::start(version)) {
-            Ok(hs) => return hs,
-            Err(e) if attempt == 3 => std::panic::resume_unwind(e),
-            Err(_) => eprintln!("starting Headscale {version} failed (attempt {attempt}); retrying"),
-        }
-    }
-    unreachable!()
+    start_retrying(version, || Headscale::start(version))
 }
 
 impl Setup {
@@ -201,6 +194,25 @@ impl Setup {
                 let hs = api.get("corp").await.map_err(|e| e.to_string())?;
                 match hs.status.and_then(|s| s.nodes) {
                     Some(inv) if check(&inv) => Ok(inv),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Waits until the server's `Ready` condition is `want` (`"True"`/`"False"`).
+    pub async fn wait_server_ready(&self, want: &str) {
+        let api = Api::<HeadscaleServer>::namespaced(self.client.clone(), &self.ns);
+        wait_for(&format!("{}: server Ready={want}", self.hs.version), WAIT, || {
+            let api = api.clone();
+            async move {
+                let hs = api.get("corp").await.map_err(|e| e.to_string())?;
+                let c = hs
+                    .status
+                    .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"));
+                match c {
+                    Some(c) if c.status == want => Ok(()),
                     other => Err(format!("{other:?}")),
                 }
             }
