@@ -109,6 +109,8 @@ struct Inner {
     limiter: Limiter,
     config: ClientConfig,
     version: RwLock<Option<Version>>,
+    /// When a request last failed transiently (unreachable, timeout, 5xx), retried or not.
+    last_transient_error: RwLock<Option<jiff::Timestamp>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -239,6 +241,7 @@ impl Client {
                 limiter,
                 config,
                 version: RwLock::new(None),
+                last_transient_error: RwLock::new(None),
             }),
         })
     }
@@ -312,6 +315,17 @@ impl Client {
             .map(drop)
     }
 
+    /// When a request of this client last failed transiently (the server unreachable, a
+    /// timeout or a 5xx), including failures a retry then hid. A read that succeeded after
+    /// such a failure may describe a server that has just restarted.
+    pub fn last_transient_error(&self) -> Option<jiff::Timestamp> {
+        *self
+            .inner
+            .last_transient_error
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Runs `call` against `/api/v1/…` (the caller has checked the version). GETs
     /// are retried on transient errors; nothing else is.
     pub(crate) async fn call<T: DeserializeOwned>(&self, call: Call) -> Result<T, Error> {
@@ -322,7 +336,17 @@ impl Client {
         };
         let mut attempt = 0;
         loop {
-            match self.attempt(&call).await {
+            let result = self.attempt(&call).await;
+            if let Err(e) = &result
+                && e.is_transient()
+            {
+                *self
+                    .inner
+                    .last_transient_error
+                    .write()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(jiff::Timestamp::now());
+            }
+            match result {
                 Err(e) if e.is_transient() && attempt < retries => {
                     let wait = self.inner.config.retry_backoff * 2u32.saturating_pow(attempt);
                     tracing::debug!(op = call.op, attempt, error = %e, "retrying a read after a transient error");

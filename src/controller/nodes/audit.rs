@@ -188,7 +188,7 @@ pub fn audit(
     if policy.prune {
         if let Some(until) = held {
             inv.pruning_held = Some(format!(
-                "restart grace: Headscale or the operator (re)started recently and every node looks offline after a start; pruning resumes at {until}"
+                "restart grace: Headscale or the operator (re)started recently, or Headscale was unreachable, and every node looks offline after a start; pruning resumes at {until}"
             ));
         } else if policy.dry_run {
             inv.prune_candidates = candidates.iter().take(LIST_CAP).map(|n| summary(n)).collect();

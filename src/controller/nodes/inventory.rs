@@ -171,7 +171,10 @@ async fn reconcile_inner(hs: &HeadscaleServer, state: &State) -> Result<Action, 
             seen.all_offline_at = Some(now);
         }
         seen.online = online;
-        let result = audit::audit(&nodes, &expected, &policy, now, quiet_since(hs, seen));
+        // A restart the server's status has not shown yet (or never will: it was quicker
+        // than the probe) still failed some request of this client, maybe one a retry hid.
+        let quiet = quiet_since(hs, seen).max(client.last_transient_error().unwrap_or(seen.first));
+        let result = audit::audit(&nodes, &expected, &policy, now, quiet);
         let current: HashSet<NodeId> = result.unexpected.iter().copied().collect();
         let mut new: Vec<NodeId> = current.difference(&seen.unexpected).copied().collect();
         new.sort();
