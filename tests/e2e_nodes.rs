@@ -283,6 +283,83 @@ async fn a_foreign_secret_is_never_overwritten() {
     s.wait_phase("taken", "KeyIssued", "KeyIssued").await;
 }
 
+/// What a minted key or a registered node was approved for cannot be edited afterwards
+/// (the API server says so), and malformed tags never reach Headscale.
+#[tokio::test]
+async fn an_approval_cannot_be_edited_into_another() {
+    let version = headscale_versions().pop().unwrap();
+    let s = Setup::new("na-immutable", &version, json!({})).await;
+    s.approve("builder", json!({"preAuthKey": {"user": "alice"}}))
+        .await;
+    s.wait_phase("builder", "KeyIssued", "KeyIssued").await;
+    let refused = |patch: Value, want: &'static str| {
+        let api = s.approvals();
+        async move {
+            let err = api
+                .patch("builder", &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .expect_err("refused");
+            assert!(err.to_string().contains(want), "{patch}: {err}");
+        }
+    };
+    refused(json!({"spec": {"preAuthKey": {"reusable": true}}}), "immutable").await;
+    refused(json!({"spec": {"preAuthKey": {"user": "bob"}}}), "immutable").await;
+    refused(
+        json!({"spec": {"preAuthKey": {"expiration": "23h"}}}),
+        "immutable",
+    )
+    .await;
+    refused(
+        json!({"spec": {"serverRef": {"name": "other"}}}),
+        "serverRef is immutable",
+    )
+    .await;
+    refused(
+        json!({"spec": {"preAuthKey": null, "registration": {"authId": "abc", "user": "alice"}}}),
+        "cannot be swapped",
+    )
+    .await;
+    // Where the key goes and whether to renew it may still change.
+    s.approvals()
+        .patch(
+            "builder",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"preAuthKey": {"renew": true}}})),
+        )
+        .await
+        .unwrap();
+
+    for (name, tags) in [("bad-tag", json!(["not a tag"])), ("empty-tag", json!([""]))] {
+        let obj = json!({
+            "apiVersion": "headscale.operator.dev/v1alpha1", "kind": "NodeApproval",
+            "metadata": {"name": name},
+            "spec": {"serverRef": {"name": "corp"}, "preAuthKey": {"tags": tags}},
+        });
+        let err = s
+            .approvals()
+            .create(&PostParams::default(), &serde_json::from_value(obj).unwrap())
+            .await
+            .expect_err("malformed tags are refused");
+        assert!(err.to_string().contains("tags"), "{err}");
+    }
+    let obj = json!({
+        "apiVersion": "headscale.operator.dev/v1alpha1", "kind": "NodeApproval",
+        "metadata": {"name": "nobody"},
+        "spec": {"serverRef": {"name": "corp"}, "preAuthKey": {"expiration": "1h"}},
+    });
+    let err = s
+        .approvals()
+        .create(&PostParams::default(), &serde_json::from_value(obj).unwrap())
+        .await
+        .expect_err("a key for nobody is refused");
+    assert!(
+        err.to_string()
+            .contains("preAuthKey needs a user or at least one tag"),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("no such key"), "{err}");
+}
+
 // ---------------------------------------------------------------------------------
 // Inventory, audit and pruning
 

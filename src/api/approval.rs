@@ -13,7 +13,11 @@ use super::common::{ServerRef, conditions_schema};
 /// Deleting an approval never deletes or expires its node: the node stays on the
 /// server (and becomes an unexpected node in the server's audit). The Secret of a
 /// pre-auth key is owned by the approval and goes with it; an unused key left on the
-/// server expires by itself at its short expiration.
+/// server expires by itself at its expiration (at most the server's
+/// `enrollment.maxPreAuthKeyLifetime`). The form, the server and the key's parameters
+/// are immutable; `approved` and `hostname` may change until the node is registered or
+/// the key issued, after which the approval is a record (setting `approved: false` then
+/// takes nothing back: delete the node, or expire the key, on the server).
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "headscale.operator.dev",
@@ -32,9 +36,12 @@ use super::common::{ServerRef, conditions_schema};
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("has(self.registration) != has(self.preAuthKey)").message("exactly one of spec.registration or spec.preAuthKey must be set"))]
+#[x_kube(validation = Rule::new("has(self.registration) == has(oldSelf.registration)").message("an approval keeps its form: spec.registration and spec.preAuthKey cannot be swapped; create a new NodeApproval"))]
 #[serde(rename_all = "camelCase")]
 pub struct NodeApprovalSpec {
-    /// The HeadscaleServer the node joins.
+    /// The HeadscaleServer the node joins. Immutable: the approval is the record of a
+    /// node on that server.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.serverRef is immutable; create a new NodeApproval for another server"))]
     pub server_ref: ServerRef,
     /// Approve a pending interactive registration (`tailscale up` without a key). The
     /// operator registers it once; the object then is the record of that node.
@@ -75,20 +82,30 @@ pub struct RegistrationSpec {
     /// Then tag the node with these tags (`tag:name`), which makes it a tagged node for
     /// good. Each tag must be owned in the policy's `tagOwners`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(length(max = 128), regex(pattern = r"^tag:[A-Za-z0-9][-_.A-Za-z0-9]*$"))
+    )]
     pub tags: Vec<String>,
 }
 
 /// A pre-auth key to mint.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[x_kube(validation = Rule::new("has(self.user) || size(self.tags) > 0").message("preAuthKey needs a user or at least one tag"))]
+#[x_kube(validation = Rule::new("has(self.user) || (has(self.tags) && size(self.tags) > 0)").message("preAuthKey needs a user or at least one tag"))]
+#[x_kube(validation = Rule::new("(has(self.user) ? self.user : '') == (has(oldSelf.user) ? oldSelf.user : '') && (has(self.tags) ? self.tags : []) == (has(oldSelf.tags) ? oldSelf.tags : []) && (has(self.ephemeral) && self.ephemeral) == (has(oldSelf.ephemeral) && oldSelf.ephemeral) && (has(self.reusable) && self.reusable) == (has(oldSelf.reusable) && oldSelf.reusable) && (has(self.expiration) ? self.expiration : '') == (has(oldSelf.expiration) ? oldSelf.expiration : '')").message("the key's user, tags, ephemeral, reusable and expiration are immutable (a minted key cannot change); create a new NodeApproval"))]
 #[serde(rename_all = "camelCase")]
 pub struct PreAuthKeySpec {
     /// Owner of the node (a Headscale user name). Without it the key is tag-only
-    /// (Headscale 0.28+).
+    /// (Headscale 0.28+). Immutable, like every parameter of the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
     pub user: Option<String>,
     /// Tags for the node (`tag:name`); a tagged key makes a tagged node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(length(max = 128), regex(pattern = r"^tag:[A-Za-z0-9][-_.A-Za-z0-9]*$"))
+    )]
     pub tags: Vec<String>,
     /// The node is removed by Headscale when it goes offline.
     #[serde(default)]
@@ -99,7 +116,7 @@ pub struct PreAuthKeySpec {
     pub reusable: bool,
     /// Key lifetime, e.g. `1h`; at most the server's `enrollment.maxPreAuthKeyLifetime`.
     #[serde(default = "default_key_expiration")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d|w))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]{1,7}(ms|s|m|h|d|w))+$"), length(max = 64))]
     pub expiration: String,
     /// Name of the Secret (key `authkey`) the key is written to; defaults to the
     /// approval's name. The operator refuses to write into a Secret it does not own.

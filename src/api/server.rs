@@ -706,9 +706,10 @@ pub struct EnrollmentSpec {
     #[serde(default)]
     #[schemars(range(min = 0))]
     pub max_nodes_per_user: i32,
-    /// Longest lifetime of a pre-auth key the operator mints.
+    /// Longest lifetime of a pre-auth key the operator mints; `0` allows no pre-auth
+    /// keys at all.
     #[serde(default = "default_max_key_lifetime")]
-    #[schemars(regex(pattern = r"^(0|([0-9]+(ms|s|m|h|d|w))+)$"))]
+    #[schemars(regex(pattern = r"^(0|([0-9]{1,7}(ms|s|m|h|d|w))+)$"), length(max = 64))]
     pub max_pre_auth_key_lifetime: String,
     /// Allow reusable pre-auth keys at all.
     #[serde(default)]
@@ -727,7 +728,9 @@ pub struct EnrollmentSpec {
 #[serde(rename_all = "camelCase")]
 pub struct DecisionWebhookSpec {
     /// HTTPS URL of the decision service.
-    #[x_kube(validation = Rule::new("isURL(self) && url(self).getScheme() == 'https'").message("decisionWebhook.url must be an absolute https:// URL"))]
+    #[x_kube(validation = Rule::new("isURL(self) && url(self).getScheme() == 'https' && url(self).getHostname() != '' && !self.startsWith('https:///')").message("decisionWebhook.url must be an absolute https:// URL with a host"))]
+    #[x_kube(validation = Rule::new("!self.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*@')").message("decisionWebhook.url must not carry credentials (user:password@): they would show in status and logs; authenticate the service with its CA (caBundle) and network policy"))]
+    #[schemars(length(max = 2048))]
     pub url: String,
     /// PEM certificates of the CAs to trust for `url` instead of the system's.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -562,11 +562,13 @@ async fn mint(
     pak: &PreAuthKeySpec,
     renewed: bool,
 ) -> Result<Outcome, Error> {
-    let Some(lifetime) = rules::parse_duration(&pak.expiration).filter(|d| !d.is_zero()) else {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
+    let Some(lifetime) = rules::parse_duration(&pak.expiration).filter(|d| !d.is_zero() && *d <= CENTURY)
+    else {
         return Ok(Outcome::Failed {
             reason: reason::INVALID_SPEC,
             message: format!(
-                "spec.preAuthKey.expiration {:?} is not a positive duration",
+                "spec.preAuthKey.expiration {:?} must be more than 0 and at most 100 years",
                 pak.expiration
             ),
         });

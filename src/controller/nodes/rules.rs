@@ -98,6 +98,12 @@ pub fn check(rules: &EnrollmentSpec, req: &Request<'_>, user_nodes: usize) -> Re
             );
         }
         match parse_duration(&rules.max_pre_auth_key_lifetime) {
+            Some(max) if max.is_zero() => {
+                return violation(
+                    "maxPreAuthKeyLifetime",
+                    "the server allows no pre-auth keys (spec.enrollment.maxPreAuthKeyLifetime is 0)".into(),
+                );
+            }
             Some(max) if key.lifetime > max => {
                 return violation(
                     "maxPreAuthKeyLifetime",
@@ -108,7 +114,17 @@ pub fn check(rules: &EnrollmentSpec, req: &Request<'_>, user_nodes: usize) -> Re
                     ),
                 );
             }
-            _ => {}
+            Some(_) => {}
+            // A limit that cannot be read limits nothing: refuse rather than mint unbounded.
+            None => {
+                return violation(
+                    "maxPreAuthKeyLifetime",
+                    format!(
+                        "the server's spec.enrollment.maxPreAuthKeyLifetime {:?} is not a usable duration; no key is minted until it is fixed",
+                        rules.max_pre_auth_key_lifetime
+                    ),
+                );
+            }
         }
     }
     Ok(())
@@ -233,6 +249,8 @@ mod tests {
             ("key too long", EnrollmentSpec::default(), Request { user: Some("a"), key: key("2d", false), ..Default::default() }, 0, Some("maxPreAuthKeyLifetime")),
             ("reusable refused by default", EnrollmentSpec::default(), Request { user: Some("a"), key: key("1h", true), ..Default::default() }, 0, Some("allowReusableKeys")),
             ("reusable allowed", rules(|r| r.allow_reusable_keys = true), Request { user: Some("a"), key: key("1h", true), ..Default::default() }, 0, None),
+            ("unreadable limit refuses", rules(|r| r.max_pre_auth_key_lifetime = "99999999999999999999h".into()), Request { user: Some("a"), key: key("1h", false), ..Default::default() }, 0, Some("maxPreAuthKeyLifetime")),
+            ("limit 0 allows no key", rules(|r| r.max_pre_auth_key_lifetime = "0".into()), Request { user: Some("a"), key: key("1h", false), ..Default::default() }, 0, Some("maxPreAuthKeyLifetime")),
         ];
         for (name, rules, req, count, want) in table {
             let got = check(&rules, &req, count).err().map(|v| v.rule);

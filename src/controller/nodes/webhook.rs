@@ -116,6 +116,17 @@ pub fn judge(status: u16, body: &[u8]) -> Result<(), Violation> {
 /// Asks the webhook. Every failure is a refusal naming what went wrong.
 pub async fn ask(spec: &DecisionWebhookSpec, review: &Review) -> Result<(), Violation> {
     crate::headscale::install_crypto_provider();
+    // Credentials in the URL would reach the approval's status and the logs with every
+    // refusal (the schema refuses them; this covers objects stored before it did).
+    let url = match reqwest::Url::parse(&spec.url) {
+        Ok(u) if u.username().is_empty() && u.password().is_none() => u,
+        Ok(_) => {
+            return Err(refused(
+                "decisionWebhook.url must not carry credentials (user:password@): denied".into(),
+            ));
+        }
+        Err(e) => return Err(refused(format!("decisionWebhook.url is not a URL ({e}): denied"))),
+    };
     let timeout = Duration::from_secs(spec.timeout_seconds.clamp(1, 30) as u64);
     let mut builder = reqwest::Client::builder()
         .timeout(timeout)
@@ -139,7 +150,7 @@ pub async fn ask(spec: &DecisionWebhookSpec, review: &Review) -> Result<(), Viol
     let client = builder
         .build()
         .map_err(|e| refused(format!("cannot set up the decision webhook client ({e}): denied")))?;
-    let response = match client.post(&spec.url).json(review).send().await {
+    let response = match client.post(url.clone()).json(review).send().await {
         Ok(r) => r,
         Err(e) if e.is_timeout() => {
             return Err(refused(format!(
@@ -150,8 +161,8 @@ pub async fn ask(spec: &DecisionWebhookSpec, review: &Review) -> Result<(), Viol
         Err(e) => {
             return Err(refused(format!(
                 "the decision webhook at {} could not be reached ({}): denied (fail closed)",
-                spec.url,
-                error_chain(&e)
+                url,
+                error_chain(&e.without_url())
             )));
         }
     };
@@ -167,7 +178,7 @@ pub async fn ask(spec: &DecisionWebhookSpec, review: &Review) -> Result<(), Viol
         Err(e) => {
             return Err(refused(format!(
                 "reading the decision webhook's answer failed ({}): denied (fail closed)",
-                error_chain(&e)
+                error_chain(&e.without_url())
             )));
         }
     };
@@ -267,5 +278,19 @@ mod tests {
             .await
             .unwrap_err();
         assert!(v.message.contains("caBundle"), "{}", v.message);
+    }
+
+    #[tokio::test]
+    async fn credentials_in_the_url_are_refused_and_never_repeated() {
+        let spec = DecisionWebhookSpec {
+            url: "https://user:s3cretpass@127.0.0.1:1/decide".into(),
+            ca_bundle: None,
+            timeout_seconds: 2,
+        };
+        let v = ask(&spec, &Review::new(ReviewRequest::default()))
+            .await
+            .unwrap_err();
+        assert!(v.message.contains("credentials"), "{}", v.message);
+        assert!(!v.message.contains("s3cretpass"), "{}", v.message);
     }
 }
