@@ -681,6 +681,32 @@ async fn edits_behind_the_operators_back_are_repaired_and_lost_keys_are_never_si
         .delete("hs-keyholder", &DeleteParams::default())
         .await
         .unwrap();
+    // And adds what the operator never set: the host's network and an environment
+    // variable that would switch Headscale's policy to a file.
+    stss.patch(
+        "hs",
+        &PatchParams::default(),
+        &Patch::Json::<()>(
+            serde_json::from_value(json!([
+                {"op": "add", "path": "/spec/template/spec/hostNetwork", "value": true},
+                {"op": "add", "path": "/spec/template/spec/containers/0/env",
+                 "value": [{"name": "HEADSCALE_POLICY_MODE", "value": "file"}]},
+            ]))
+            .unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
+    wait_for("the additions removed", WAIT, || async {
+        let pod = stss.get("hs").await.unwrap().spec.template.spec.unwrap();
+        let env = pod.containers[0].env.clone().unwrap_or_default();
+        if pod.host_network != Some(true) && env.iter().all(|e| e.name != "HEADSCALE_POLICY_MODE") {
+            Ok(())
+        } else {
+            Err(format!("hostNetwork {:?}, env {env:?}", pod.host_network))
+        }
+    })
+    .await;
     wait_for("the edits repaired", WAIT, || async {
         let cm = cms.get("hs-config").await.unwrap().data.unwrap()["config.yaml"].clone();
         let image = stss
@@ -741,6 +767,18 @@ async fn edits_behind_the_operators_back_are_repaired_and_lost_keys_are_never_si
     })
     .await;
     assert_ne!(new, old);
+    // The permission was for this once: the annotation is removed.
+    wait_for("the regenerate-keys annotation removed", WAIT, || async {
+        let hs = Api::<HeadscaleServer>::namespaced(client.clone(), &ns)
+            .get("hs")
+            .await
+            .unwrap();
+        match hs.annotations().get("headscale.operator.dev/regenerate-keys") {
+            None => Ok(()),
+            Some(v) => Err(v.clone()),
+        }
+    })
+    .await;
     // The keys stay with the state: not owned by the server, so deleting the server
     // (the volume is kept) keeps them too.
     let keys = secrets.get("hs-keys").await.unwrap();

@@ -74,8 +74,10 @@ pub struct Nameservers {
     #[serde(default)]
     #[schemars(length(max = 16), inner(length(max = 2048)))]
     pub global: Vec<String>,
-    /// Split DNS: domain to resolver addresses (or DoH URLs) for names under it.
+    /// Split DNS: domain to resolver addresses (or DoH URLs) for names under it (at most
+    /// 256 domains with 16 resolvers each: the rendered config must fit a ConfigMap).
     #[serde(default)]
+    #[schemars(extend("maxProperties" = 256, "additionalProperties" = {"type": "array", "maxItems": 16, "items": {"type": "string", "maxLength": 2048}}))]
     pub split: BTreeMap<String, Vec<String>>,
 }
 

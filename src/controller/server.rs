@@ -135,7 +135,11 @@ pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>) {
         .default_backoff()
         .reflect(writer)
         .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
+        // Annotations too: the endpoint and regenerate-keys annotations are asked for now.
+        .predicate_filter(
+            kube::runtime::utils::Predicate::combine(predicates::generation, predicates::annotations),
+            Default::default(),
+        );
     let controller = Controller::for_stream(triggers, store.clone());
 
     let store_for_secrets = store.clone();

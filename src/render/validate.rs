@@ -166,6 +166,14 @@ fn check_server_url(raw: &str, problems: &mut Vec<Problem>) -> Option<String> {
             problems,
         );
     }
+    if host.ends_with('.') {
+        // `example.com.` and `example.com` are one name, but Headscale's own base-domain
+        // check (and any comparison of names) would take them for two.
+        return bad(
+            "must not end its host name with a dot (write https://headscale.example.com)",
+            problems,
+        );
+    }
     Some(
         host.trim_start_matches('[')
             .trim_end_matches(']')
@@ -670,6 +678,10 @@ mod tests {
             ("ftp://hs.example.com", "must start with http:// or https://"),
             ("https://", "is not a valid URL"),
             ("https://hs.example.com/headscale", "must not have a path"),
+            (
+                "https://HEADSCALE.example.com.",
+                "must not end its host name with a dot",
+            ),
             ("https://u:p@hs.example.com", "must not carry credentials"),
             ("https://hs.example.com/?a=b", "must not have a query"),
             ("https://hs.example.com:99999", "is not a valid URL"),

@@ -752,6 +752,17 @@ async fn create_keys(
                 secret = %names.keys_secret,
                 "generated the noise and DERP keys"
             );
+            // The permission was for this once: a later loss of the Secret asks again.
+            if hs.annotations().contains_key(REGENERATE_KEYS_ANNOTATION) {
+                let servers: Api<HeadscaleServer> =
+                    Api::namespaced(ctx.client.clone(), &hs.namespace().unwrap_or_default());
+                let patch = json!({"metadata": {"annotations": {REGENERATE_KEYS_ANNOTATION: null}}});
+                servers
+                    .patch(&hs.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(kube_err("removing the regenerate-keys annotation"))?;
+                count_write(ctx, hs, "HeadscaleServer");
+            }
             Ok(Ok(()))
         }
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(Err(waiting(
@@ -830,6 +841,9 @@ struct Desired {
     name: String,
     obj: Value,
     hash: String,
+    /// Replace (PUT) the live object at this resourceVersion instead of applying: fields
+    /// someone added are only removed that way (an apply keeps other managers' fields).
+    replace_rv: Option<String>,
 }
 
 enum Plan {
@@ -847,6 +861,30 @@ impl Desired {
             name: obj["metadata"]["name"].as_str().unwrap_or_default().to_string(),
             obj,
             hash,
+            replace_rv: None,
+        }
+    }
+
+    /// For the StatefulSet (what runs, with which privileges): whether the live spec has
+    /// more than ours, e.g. `hostNetwork` or an environment variable added by hand. The
+    /// desired object is put as a server-side dry run, so it gets exactly the defaults the
+    /// live one got; any other difference is someone else's. One read-only call.
+    async fn has_additions(&self, api: &Api<DynamicObject>, live: &DynamicObject) -> Result<bool, Error> {
+        let mut obj: DynamicObject =
+            serde_json::from_value(self.obj.clone()).map_err(|e| Error::Build(e.to_string()))?;
+        obj.metadata.resource_version = live.metadata.resource_version.clone();
+        let params = PostParams {
+            dry_run: true,
+            field_manager: Some(FIELD_MANAGER.to_string()),
+        };
+        match api.replace(&self.name, &params, &obj).await {
+            Ok(would) => Ok(would.data.get("spec") != live.data.get("spec")),
+            // Changed meanwhile (the next reconcile looks again), or refused: no verdict.
+            Err(kube::Error::Api(s)) => {
+                tracing::debug!(kind = %self.kind, name = %self.name, error = %s.message, "no verdict on added fields");
+                Ok(false)
+            }
+            Err(e) => Err(kube_err(format!("checking {} {}", self.kind, self.name))(e)),
         }
     }
 
@@ -865,7 +903,25 @@ impl Desired {
             return Ok(Plan::Conflict(conflict(&self.kind, &self.name)));
         }
         let stamped = live.annotations().get(build::APPLIED_HASH_ANNOTATION) == Some(&self.hash);
-        let live = serde_json::to_value(&live).map_err(|e| Error::Build(e.to_string()))?;
+        let live_obj = live;
+        let live = serde_json::to_value(&live_obj).map_err(|e| Error::Build(e.to_string()))?;
+        // The StatefulSet (what runs, with which privileges) is replaced when it differs in
+        // any way, additions included; an apply would keep fields others added.
+        if stamped && self.kind == "StatefulSet" {
+            if drift::contains(&live, &self.obj) && !self.has_additions(&api, &live_obj).await? {
+                return Ok(Plan::Unchanged);
+            }
+            tracing::info!(
+                server = %format!("{ns}/{}", hs.name_any()),
+                kind = %self.kind,
+                name = %self.name,
+                "repairing a change made outside the operator (replacing the StatefulSet)"
+            );
+            return Ok(Plan::Apply(Desired {
+                replace_rv: live_obj.metadata.resource_version.clone(),
+                ..self
+            }));
+        }
         if stamped && drift::contains(&live, &self.obj) {
             return Ok(Plan::Unchanged);
         }
@@ -883,10 +939,29 @@ impl Desired {
     /// Server-side apply (as a dry run first, so a refusal writes nothing).
     async fn apply(&self, ctx: &Context, ns: &str, dry_run: bool) -> Result<Result<(), Outcome>, Error> {
         let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &self.ar);
-        let mut params = PatchParams::apply(FIELD_MANAGER).force();
-        params.dry_run = dry_run;
-        match api.patch(&self.name, &params, &Patch::Apply(&self.obj)).await {
-            Ok(_) => Ok(Ok(())),
+        let result = match &self.replace_rv {
+            Some(rv) => {
+                let mut obj: DynamicObject =
+                    serde_json::from_value(self.obj.clone()).map_err(|e| Error::Build(e.to_string()))?;
+                obj.metadata.resource_version = Some(rv.clone());
+                let params = PostParams {
+                    dry_run,
+                    field_manager: Some(FIELD_MANAGER.to_string()),
+                };
+                api.replace(&self.name, &params, &obj).await.map(drop)
+            }
+            None => {
+                let mut params = PatchParams::apply(FIELD_MANAGER).force();
+                params.dry_run = dry_run;
+                api.patch(&self.name, &params, &Patch::Apply(&self.obj))
+                    .await
+                    .map(drop)
+            }
+        };
+        match result {
+            Ok(()) => Ok(Ok(())),
+            // Replaced meanwhile: the watch brings the next reconcile, which looks again.
+            Err(kube::Error::Api(s)) if self.replace_rv.is_some() && s.code == 409 => Ok(Ok(())),
             // A dry run of an object that refers to another one of this change (a
             // RoleBinding to the Role not created yet) cannot be judged now.
             Err(kube::Error::Api(s)) if dry_run && s.code == 404 => Ok(Ok(())),
