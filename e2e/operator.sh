@@ -7,7 +7,7 @@
 #       Mints a token for the ServiceAccount $HSOP_OPERATOR_SA in $HSOP_OPERATOR_NAMESPACE
 #       (defaults: headscale-operator in headscale-operator-system), writes
 #       DIR/operator.kubeconfig with it, starts `$HSOP_OPERATOR_BIN run` (default:
-#       target/debug/headscale-operator) with JSON logs to DIR/operator.log, waits for /readyz,
+#       ${CARGO_TARGET_DIR:-target}/debug/headscale-operator) with JSON logs to DIR/operator.log, waits for /readyz,
 #       and writes DIR/operator.pid and DIR/operator.url (the probe/metrics endpoint).
 #   e2e/operator.sh stop DIR
 set -euo pipefail
@@ -18,7 +18,7 @@ LOG_PREFIX=operator
 
 NS=${HSOP_OPERATOR_NAMESPACE:-headscale-operator-system}
 SA=${HSOP_OPERATOR_SA:-headscale-operator}
-BIN=${HSOP_OPERATOR_BIN:-$here/../target/debug/headscale-operator}
+BIN=${HSOP_OPERATOR_BIN:-${CARGO_TARGET_DIR:-$here/../target}/debug/headscale-operator}
 usage() {
   case ${1:-} in
     start) die "usage: $0 start DIR [--owner-pid PID] [-- ARGS]" ;;
