@@ -651,6 +651,43 @@ async fn only_approvers_approve_others_request() {
             .await
             .is_err()
     );
+
+    // Withdrawing the approval does not let a requester renew: setting `approved: false`
+    // with `renew: true` on an approved record mints nothing until an approver says so.
+    let mut short = serde_json::to_value(approval("short", true)).unwrap();
+    short["spec"]["preAuthKey"]["expiration"] = json!("3s");
+    let short: NodeApproval = serde_json::from_value(short).unwrap();
+    vera.create(&PostParams::default(), &short).await.unwrap();
+    let issued = s.wait_phase("short", "KeyIssued", "KeyIssued").await;
+    let first = status(&issued).pre_auth_key.unwrap().id;
+    mallory
+        .patch(
+            "short",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"approved": false, "preAuthKey": {"renew": true}}})),
+        )
+        .await
+        .expect("a requester may withdraw an approval");
+    let expired = s.wait_phase("short", "Failed", "KeyExpired").await;
+    let message = status(&expired)
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .message;
+    assert!(message.contains("waits for an approver"), "{message}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        s.hs.client().list_pre_auth_keys().await.unwrap().len(),
+        2,
+        "no key was minted for the withdrawn approval"
+    );
+    vera.patch("short", &PatchParams::default(), &approve)
+        .await
+        .unwrap();
+    s.wait_event("short", "Normal", "KeyRenewed").await;
+    let renewed = s.approvals().get("short").await.unwrap();
+    assert_ne!(status(&renewed).pre_auth_key.unwrap().id, first);
 }
 
 /// A decision service on 127.0.0.1 with a self-signed certificate: it allows approvals
@@ -798,8 +835,17 @@ impl DecisionService {
                         .as_str()
                         .unwrap_or("")
                         .to_string();
-                    seen.lock().unwrap().push(review);
-                    let answer = if name.starts_with("allow") {
+                    let asked_before = {
+                        let mut seen = seen.lock().unwrap();
+                        let n = seen
+                            .iter()
+                            .filter(|r| r["request"]["approval"]["name"] == name.as_str())
+                            .count();
+                        seen.push(review);
+                        n
+                    };
+                    // `ticket-*`: the ticket is approved after the first ask.
+                    let answer = if name.starts_with("allow") || (name.starts_with("ticket") && asked_before > 0) {
                         json!({"allowed": true})
                     } else if name.starts_with("slow") {
                         tokio::time::sleep(Duration::from_secs(5)).await;
@@ -881,6 +927,20 @@ async fn the_decision_webhook_allows_denies_and_a_timeout_denies() {
     // no node; the denied registration is still pending.
     let client = s.hs.client();
     assert_eq!(client.list_pre_auth_keys().await.unwrap().len(), 1);
+
+    // A refusal is asked again at the resync: a ticket approved later lets the node in.
+    s.approve("ticket-box", json!({"preAuthKey": {"user": "alice"}}))
+        .await;
+    s.wait_phase("ticket-box", "KeyIssued", "KeyIssued").await;
+    let asked = service
+        .reviews
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r["request"]["approval"]["name"] == "ticket-box")
+        .count();
+    assert!(asked >= 2, "the webhook was asked {asked} times");
+    s.wait_event("ticket-box", "Warning", "EnrollmentRefused").await;
     assert!(client.list_nodes(None).await.unwrap().is_empty());
     s.hs.register_with_cli("alice", &auth_id);
 }

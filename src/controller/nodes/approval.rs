@@ -229,7 +229,10 @@ async fn reconcile_inner(na: &NodeApproval, state: &State) -> Result<Action, Err
                 .unwrap_or(ctx.settings.resync);
             Action::requeue(until_expiry.min(ctx.settings.resync))
         }
-        Outcome::Refused(_) | Outcome::Failed { .. } | Outcome::Approved { .. } => Action::await_change(),
+        // A refusal is asked again at every resync: a decision webhook's ticket may be
+        // approved later, and a quota may free up when a node is deleted.
+        Outcome::Refused(_) => Action::requeue(ctx.settings.resync),
+        Outcome::Failed { .. } | Outcome::Approved { .. } => Action::await_change(),
     })
 }
 
@@ -364,7 +367,7 @@ async fn check_rules(
     let decision = webhook::ask(hook, &review).await;
     tracing::info!(
         approval = %object_key(na),
-        webhook = %hook.url,
+        webhook = %webhook::origin(&hook.url),
         allowed = decision.is_ok(),
         detail = %decision.as_ref().err().map(|v| v.message.as_str()).unwrap_or(""),
         "enrollment decision webhook"
@@ -529,23 +532,28 @@ async fn pre_auth_key(
                 }
                 tracing::info!(approval = %object_key(na), key_id = %id, "expired an unused pre-auth key on the server");
             }
-            if pak.renew {
+            // A renewal is a new key: like the first one, it needs `approved: true`, so a
+            // requester cannot get keys minted by setting `renew` on an approved record.
+            if pak.renew && na.spec.approved {
                 return mint(kube, na, ns, rules, client, pak, true).await;
             }
+            let waiting = if pak.renew {
+                "; the renewal waits for an approver to set spec.approved to true"
+            } else {
+                "; set spec.preAuthKey.renew to mint a new one"
+            };
             Ok(if state == KeyState::Expired {
                 Outcome::Failed {
                     reason: reason::KEY_EXPIRED,
-                    message: format!(
-                        "pre-auth key {} expired unused; set spec.preAuthKey.renew to mint a new one",
-                        issued.id
-                    ),
+                    message: format!("pre-auth key {} expired unused{waiting}", issued.id),
                 }
             } else {
                 Outcome::Failed {
                     reason: reason::KEY_REVOKED,
                     message: format!(
-                        "pre-auth key {} is no longer on the server (deleted outside the operator)",
-                        issued.id
+                        "pre-auth key {} is no longer on the server (deleted outside the operator){}",
+                        issued.id,
+                        if pak.renew { waiting } else { "" }
                     ),
                 }
             })

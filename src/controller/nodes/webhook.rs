@@ -150,7 +150,7 @@ pub async fn ask(spec: &DecisionWebhookSpec, review: &Review) -> Result<(), Viol
     let client = builder
         .build()
         .map_err(|e| refused(format!("cannot set up the decision webhook client ({e}): denied")))?;
-    let response = match client.post(url.clone()).json(review).send().await {
+    let response = match client.post(url).json(review).send().await {
         Ok(r) => r,
         Err(e) if e.is_timeout() => {
             return Err(refused(format!(
@@ -161,7 +161,7 @@ pub async fn ask(spec: &DecisionWebhookSpec, review: &Review) -> Result<(), Viol
         Err(e) => {
             return Err(refused(format!(
                 "the decision webhook at {} could not be reached ({}): denied (fail closed)",
-                url,
+                origin(&spec.url),
                 error_chain(&e.without_url())
             )));
         }
@@ -183,6 +183,15 @@ pub async fn ask(spec: &DecisionWebhookSpec, review: &Review) -> Result<(), Viol
         }
     };
     judge(status, &body)
+}
+
+/// The scheme, host and port of a webhook URL, for logs and messages: a path or query may
+/// carry a token (`/hooks/<secret>`, `?code=...`), so they are never repeated.
+pub fn origin(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) if u.host_str().is_some() => u.origin().ascii_serialization(),
+        _ => "(unreadable URL)".into(),
+    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -278,6 +287,23 @@ mod tests {
             .await
             .unwrap_err();
         assert!(v.message.contains("caBundle"), "{}", v.message);
+    }
+
+    #[tokio::test]
+    async fn a_path_or_query_token_is_never_repeated() {
+        let spec = DecisionWebhookSpec {
+            url: "https://127.0.0.1:1/hooks/pathtoken123?code=querytoken456".into(),
+            ca_bundle: None,
+            timeout_seconds: 2,
+        };
+        let v = ask(&spec, &Review::new(ReviewRequest::default()))
+            .await
+            .unwrap_err();
+        assert!(v.message.contains("https://127.0.0.1:1"), "{}", v.message);
+        assert!(!v.message.contains("pathtoken123"), "{}", v.message);
+        assert!(!v.message.contains("querytoken456"), "{}", v.message);
+        assert_eq!(origin("https://h.example:8443/a?b=c"), "https://h.example:8443");
+        assert_eq!(origin("not a url"), "(unreadable URL)");
     }
 
     #[tokio::test]
