@@ -10,8 +10,10 @@ use super::common::{ServerRef, conditions_schema};
 /// Approves one pending interactive registration, or pre-approves a node with a
 /// single-use pre-auth key. Exactly one of `registration` or `preAuthKey`.
 ///
-/// Deleting an approval never deletes or expires its node: the node stays on the
-/// server (and becomes an unexpected node in the server's audit). The Secret of a
+/// Deleting an approval does not delete or expire its node by itself: the node stays
+/// on the server and becomes an unexpected node in the server's audit, which then does
+/// what the server's `spec.nodes.unexpected` says (`Report`, the default, keeps it;
+/// `Expire` or `Delete` act on it). The Secret of a
 /// pre-auth key is owned by the approval and goes with it; an unused key left on the
 /// server expires by itself at its expiration (at most the server's
 /// `enrollment.maxPreAuthKeyLifetime`). The form, the server and the key's parameters
@@ -23,7 +25,7 @@ use super::common::{ServerRef, conditions_schema};
     group = "headscale.operator.dev",
     version = "v1alpha1",
     kind = "NodeApproval",
-    doc = "One node's right to join a Headscale server: an approved interactive registration or a pre-auth key. Deleting it never deletes the node.",
+    doc = "One node's right to join a Headscale server: an approved interactive registration or a pre-auth key. Deleting it leaves the node to the server's spec.nodes.unexpected (Report by default).",
     namespaced,
     status = "NodeApprovalStatus",
     shortname = "hsna",

@@ -11,7 +11,7 @@
 //! Everything else is unexpected: nodes registered by hand with the CLI, with keys
 //! minted outside the operator, tagged or ephemeral alike.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
@@ -84,7 +84,17 @@ pub struct Audit {
     pub expire: Vec<NodeId>,
     /// Nodes to delete now, each with why (at most `maxDeletionsPerRun`).
     pub delete: Vec<(NodeId, String)>,
+    /// Every prune candidate (stale, not ephemeral, not excluded), whatever the grace,
+    /// dry run or cap: what the controller remembers as watched.
+    pub candidates: Vec<NodeId>,
 }
+
+/// At most this many unexpected nodes are expired in one audit (the rest in the next
+/// ones): a first `Expire` audit of a large tailnet is not a burst of thousands of calls.
+pub const EXPIRE_CAP: usize = 100;
+
+/// When the operator first saw each prune candidate stale, audit after audit.
+pub type Watched = HashMap<NodeId, Timestamp>;
 
 fn span(d: Duration) -> SignedDuration {
     SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
@@ -130,6 +140,22 @@ pub fn audit(
     now: Timestamp,
     quiet_since: Timestamp,
 ) -> Audit {
+    audit_watched(nodes, expected, policy, now, quiet_since, None)
+}
+
+/// [`audit`], where a stale node is pruned only once this operator has seen it stale in
+/// every audit for `restart_grace` (`watched`: since when). A node that was online for
+/// weeks has an old `lastSeen` (Headscale writes it when a node goes away), so right
+/// after a restart the operator may not have noticed, it looks stale until it
+/// reconnects; being watched that long, it cannot be.
+pub fn audit_watched(
+    nodes: &[Node],
+    expected: &Expected,
+    policy: &Policy,
+    now: Timestamp,
+    quiet_since: Timestamp,
+    watched: Option<&Watched>,
+) -> Audit {
     let mut nodes: Vec<&Node> = nodes.iter().collect();
     nodes.sort_by_key(|n| n.id);
     let mut inv = NodeInventory {
@@ -165,7 +191,7 @@ pub fn audit(
             match policy.unexpected {
                 UnexpectedNodeAction::Report => {}
                 UnexpectedNodeAction::Expire => {
-                    if !node.expiry.is_expired(now) {
+                    if !node.expiry.is_expired(now) && out.expire.len() < EXPIRE_CAP {
                         out.expire.push(node.id);
                     }
                 }
@@ -182,6 +208,13 @@ pub fn audit(
     }
     // Oldest first.
     candidates.sort_by_key(|n| (n.last_seen.or(n.created_at), n.id));
+    out.candidates = candidates.iter().map(|n| n.id).collect();
+    let watched_long_enough = |id: NodeId| match watched {
+        None => true,
+        Some(w) => w
+            .get(&id)
+            .is_some_and(|since| now.duration_since(*since) >= span(policy.restart_grace)),
+    };
 
     let held_until = quiet_since.checked_add(span(policy.restart_grace)).ok();
     let held = held_until.filter(|t| *t > now);
@@ -195,7 +228,7 @@ pub fn audit(
         } else {
             let stale_after = crate::controller::nodes::rules::format_duration(policy.stale_after);
             for n in &candidates {
-                if out.delete.iter().any(|(id, _)| *id == n.id) {
+                if out.delete.iter().any(|(id, _)| *id == n.id) || !watched_long_enough(n.id) {
                     continue;
                 }
                 let seen = n
@@ -451,6 +484,32 @@ mod tests {
             t(LONG_AGO),
         );
         assert_eq!(ids(&a.delete), vec![10, 9, 8]);
+    }
+
+    #[test]
+    fn a_stale_node_is_pruned_only_once_watched_for_the_grace() {
+        let nodes: Vec<Node> = (1..=3).map(old).collect();
+        let p = pruning(|s| s.pruning.restart_grace = "15m".into());
+        let e = expected(&[1, 2, 3]);
+        let mut watched = Watched::new();
+        watched.insert(NodeId(1), t("2026-05-31T23:40:00Z"));
+        watched.insert(NodeId(2), t("2026-05-31T23:50:00Z"));
+        let a = audit_watched(&nodes, &e, &p, t(NOW), t(LONG_AGO), Some(&watched));
+        assert_eq!(
+            ids(&a.delete),
+            vec![1],
+            "2 was seen stale 10 minutes ago, 3 never"
+        );
+        assert_eq!(a.candidates, vec![NodeId(1), NodeId(2), NodeId(3)]);
+    }
+
+    #[test]
+    fn expiring_unexpected_nodes_is_capped() {
+        let nodes: Vec<Node> = (1..=(EXPIRE_CAP as u64 + 20)).map(|i| node(i, |_| {})).collect();
+        let p = policy(|s| s.unexpected = UnexpectedNodeAction::Expire);
+        let a = audit(&nodes, &Expected::default(), &p, t(NOW), t(LONG_AGO));
+        assert_eq!(a.expire.len(), EXPIRE_CAP);
+        assert_eq!(a.inventory.unexpected, EXPIRE_CAP as i64 + 20);
     }
 
     #[test]

@@ -83,6 +83,8 @@ pub struct Seen {
     all_offline_at: Option<Timestamp>,
     /// The unexpected nodes of the last audit (Events only for new ones).
     unexpected: HashSet<NodeId>,
+    /// Since when each prune candidate has been stale in every audit.
+    watched: audit::Watched,
 }
 
 #[derive(Default)]
@@ -118,6 +120,12 @@ pub fn quiet_since(hs: &HeadscaleServer, seen: &Seen) -> Timestamp {
         .flatten()
         .max()
         .unwrap_or(seen.first)
+}
+
+/// A node read again before pruning is still what the audit judged: offline, and not
+/// seen since.
+fn still_stale(listed: &headscale::Node, now: &headscale::Node) -> bool {
+    !now.online && now.last_seen == listed.last_seen
 }
 
 pub async fn reconcile(hs: Arc<HeadscaleServer>, state: Arc<State>) -> Result<Action, Error> {
@@ -165,6 +173,7 @@ async fn reconcile_inner(hs: &HeadscaleServer, state: &State) -> Result<Action, 
             online: 0,
             all_offline_at: None,
             unexpected: HashSet::new(),
+            watched: audit::Watched::new(),
         });
         let online = nodes.iter().filter(|n| n.online).count() as i64;
         if seen.online > 0 && online == 0 && !nodes.is_empty() {
@@ -174,7 +183,12 @@ async fn reconcile_inner(hs: &HeadscaleServer, state: &State) -> Result<Action, 
         // A restart the server's status has not shown yet (or never will: it was quicker
         // than the probe) still failed some request of this client, maybe one a retry hid.
         let quiet = quiet_since(hs, seen).max(client.last_transient_error().unwrap_or(seen.first));
-        let result = audit::audit(&nodes, &expected, &policy, now, quiet);
+        let result = audit::audit_watched(&nodes, &expected, &policy, now, quiet, Some(&seen.watched));
+        let candidates: HashSet<NodeId> = result.candidates.iter().copied().collect();
+        seen.watched.retain(|id, _| candidates.contains(id));
+        for id in candidates {
+            seen.watched.entry(id).or_insert(now);
+        }
         let current: HashSet<NodeId> = result.unexpected.iter().copied().collect();
         let mut new: Vec<NodeId> = current.difference(&seen.unexpected).copied().collect();
         new.sort();
@@ -248,10 +262,18 @@ async fn reconcile_inner(hs: &HeadscaleServer, state: &State) -> Result<Action, 
             })
             .inc();
     };
+    // A failed action does not stop the others, nor the Events and the status of the
+    // ones done; the first failure is returned at the end (backoff, Warning Event).
+    let mut failed: Option<Error> = None;
     for id in &result.expire {
         match client.expire_node(*id, ExpiryChange::Now).await {
-            Ok(_) | Err(headscale::Error::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
+            Ok(_) => {}
+            Err(headscale::Error::NotFound { .. }) => continue,
+            Err(e) => {
+                tracing::warn!(server = %key, node_id = %id, error = %e, "expiring an unexpected node failed");
+                failed.get_or_insert(e.into());
+                continue;
+            }
         }
         let what = describe(*id);
         tracing::info!(server = %key, node_id = %id, by = FIELD_MANAGER, why = "unexpected (spec.nodes.unexpected: Expire)", "expired {what}");
@@ -267,12 +289,33 @@ async fn reconcile_inner(hs: &HeadscaleServer, state: &State) -> Result<Action, 
         });
     }
     for (id, why) in &result.delete {
+        let pruned = why.starts_with("stale");
+        // Read a stale node again right before deleting it: it may have come back since
+        // the list (a deletion run takes a while at Headscale's pace).
+        if pruned && let Some(listed) = by_id.get(id) {
+            match client.get_node(*id).await {
+                Ok(now) if still_stale(listed, &now) => {}
+                Ok(_) => {
+                    tracing::info!(server = %key, node_id = %id, "not pruned: the node came back since the audit listed it");
+                    continue;
+                }
+                Err(headscale::Error::NotFound { .. }) => continue,
+                Err(e) => {
+                    failed.get_or_insert(e.into());
+                    continue;
+                }
+            }
+        }
         match client.delete_node(*id).await {
-            Ok(()) | Err(headscale::Error::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
+            Ok(()) => {}
+            Err(headscale::Error::NotFound { .. }) => continue,
+            Err(e) => {
+                tracing::warn!(server = %key, node_id = %id, error = %e, "deleting a node failed");
+                failed.get_or_insert(e.into());
+                continue;
+            }
         }
         let what = describe(*id);
-        let pruned = why.starts_with("stale");
         tracing::info!(server = %key, node_id = %id, by = FIELD_MANAGER, %why, "deleted {what}");
         count(if pruned { "pruned" } else { "deleted_unexpected" });
         events.push(Event {
@@ -288,6 +331,7 @@ async fn reconcile_inner(hs: &HeadscaleServer, state: &State) -> Result<Action, 
     set_node_gauges(&ctx.metrics, &ns, &name, inv);
 
     let live = hs.status.as_ref().and_then(|s| s.nodes.as_ref());
+    let mut status_written = Ok(());
     if live != Some(inv) {
         let api: Api<HeadscaleServer> = Api::namespaced(ctx.client.clone(), &ns);
         let patch = json!({
@@ -295,19 +339,26 @@ async fn reconcile_inner(hs: &HeadscaleServer, state: &State) -> Result<Action, 
             "kind": HeadscaleServer::kind(&()),
             "status": {"nodes": inv},
         });
-        api.patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(Error::PatchStatus)?;
+        status_written = api
+            .patch_status(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .map(|_| ())
+            .map_err(Error::PatchStatus);
     }
+    // Events first: a status write that fails must not lose the record of a deletion.
     for ev in events {
         if let Err(e) = ctx.recorder.publish(&ev, &hs.object_ref(&())).await {
             tracing::warn!(server = %key, error = %e, "failed to publish event");
         }
     }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    status_written?;
     ctx.clear_failures(&format!("audit/{key}"));
     // A node too new to be judged is judged as soon as it may be, not a resync later.
     let settling = nodes.iter().any(|n| {
@@ -369,6 +420,7 @@ mod tests {
             online: 0,
             all_offline_at: None,
             unexpected: HashSet::new(),
+            watched: audit::Watched::new(),
         };
         assert_eq!(quiet_since(&hs, &seen), t("2026-01-01T00:10:00Z"));
         seen.all_offline_at = Some(t("2026-01-01T00:20:00Z"));
