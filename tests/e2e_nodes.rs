@@ -794,7 +794,7 @@ impl DecisionService {
             "https://127.0.0.1:{}/decide",
             listener.local_addr().unwrap().port()
         );
-        let reviews = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let reviews = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
         let seen = reviews.clone();
         tokio::spawn(async move {
             loop {
