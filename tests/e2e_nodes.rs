@@ -100,6 +100,40 @@ async fn unknown_and_restart_lost_auth_ids_fail_once() {
     .await;
 }
 
+/// The node an approval let in must be the host it claimed: one that registers under
+/// another hostname is said on the approval and counted unexpected by the audit, also
+/// after the approval's status was written again.
+#[tokio::test]
+async fn a_node_that_is_not_the_claimed_host_is_unexpected() {
+    let version = headscale_versions().pop().unwrap();
+    let s = Setup::new("na-host", &version, json!({"hostnamePatterns": ["web-*"]})).await;
+    let auth_id = s.hs.plant_pending_node("alice", "evil", &[]);
+    s.approve(
+        "web-1",
+        json!({"registration": {"authId": auth_id, "user": "alice"}, "hostname": "web-1"}),
+    )
+    .await;
+    let na = s.wait_phase("web-1", "Approved", "HostnameMismatch").await;
+    let node = status(&na).node.expect("status.node");
+    assert_eq!(node.name, "evil");
+    s.wait_event("web-1", "Warning", "HostnameMismatch").await;
+    let inv = s
+        .wait_inventory("the mismatched node unexpected", |i| i.unexpected == 1)
+        .await;
+    assert_eq!(inv.unexpected_nodes[0].name, "evil");
+    // It stays said: a later reconcile of the record keeps the warning.
+    s.approvals()
+        .patch(
+            "web-1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}})),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    s.wait_phase("web-1", "Approved", "HostnameMismatch").await;
+}
+
 #[tokio::test]
 async fn a_rule_violation_is_refused_and_nothing_happens_on_the_server() {
     let rules =

@@ -62,7 +62,9 @@ pub struct NodeApprovalSpec {
     #[serde(default = "default_true")]
     pub approved: bool,
     /// Expected hostname of the node, checked against the server's
-    /// `enrollment.hostnamePatterns` (required when the server sets patterns).
+    /// `enrollment.hostnamePatterns` (required when the server sets patterns). When set,
+    /// the node that registers must report this hostname (case-insensitive): another one
+    /// is reported as `HostnameMismatch` and counted unexpected by the audit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub hostname: Option<String>,

@@ -66,6 +66,9 @@ pub mod reason {
     pub const SECRET_CONFLICT: &str = "SecretConflict";
     /// The node was registered but Headscale refused its tags (not in `tagOwners`).
     pub const TAGS_REJECTED: &str = "TagsRejected";
+    /// The node that registered reports another hostname than the approval's
+    /// `spec.hostname`: the audit counts it as unexpected.
+    pub const HOSTNAME_MISMATCH: &str = "HostnameMismatch";
     /// `spec.approved` is false: a request waiting for an approver.
     pub const AWAITING_APPROVAL: &str = "AwaitingApproval";
     /// Headscale refused the request as invalid (e.g. a malformed auth id). Terminal.

@@ -272,15 +272,19 @@ async fn decide(
     if !na.spec.approved && old.node.is_none() && old.pre_auth_key.is_none() {
         return Ok(Outcome::Requested);
     }
-    // An approved registration is a record; it needs nothing from the server.
+    // An approved registration is a record; it needs nothing from the server. What was
+    // wrong with it when it was made (tags refused) stays said.
     if na.spec.registration.is_some()
         && let Some(node) = &old.node
     {
+        let kept = conditions::find(&old.conditions, conditions::READY)
+            .filter(|c| c.status == "False" && c.reason == reason::TAGS_REJECTED)
+            .map(|c| (reason::TAGS_REJECTED, c.message.clone()));
         return Ok(Outcome::Approved {
             reason: reason::REGISTERED,
             node: Some(node.clone()),
             key: None,
-            warning: None,
+            warning: hostname_mismatch(na, &node.id, &node.name).or(kept),
         });
     }
     let servers: Api<HeadscaleServer> = Api::namespaced(ctx.client.clone(), ns);
@@ -453,7 +457,22 @@ async fn register(
         reason: reason::REGISTERED,
         node: Some(approved_node(&node, Timestamp::now())),
         key: None,
-        warning,
+        warning: hostname_mismatch(na, &node.id.to_string(), &node.name).or(warning),
+    })
+}
+
+/// The node an approval let in must be the host it claimed (`spec.hostname`, which the
+/// server's `hostnamePatterns` were checked against): another one is said here and
+/// counted as unexpected by the audit. Case-insensitive, like hostnames. Pure.
+pub fn hostname_mismatch(na: &NodeApproval, id: &str, name: &str) -> Option<(&'static str, String)> {
+    let claimed = na.spec.hostname.as_deref()?;
+    (!claimed.eq_ignore_ascii_case(name)).then(|| {
+        (
+            reason::HOSTNAME_MISMATCH,
+            format!(
+                "node {id} registered as hostname {name:?}, but the approval is for {claimed:?}: the audit counts it as unexpected (spec.nodes.unexpected of the server applies)"
+            ),
+        )
     })
 }
 
@@ -519,7 +538,7 @@ async fn pre_auth_key(
                     used: true,
                     ..issued.clone()
                 }),
-                warning: None,
+                warning: node.and_then(|n| hostname_mismatch(na, &n.id.to_string(), &n.name)),
             })
         }
         state @ (KeyState::Expired | KeyState::Missing) => {
@@ -1025,6 +1044,24 @@ mod tests {
         );
         s.phase = Some("KeyIssued".into());
         assert!(!settled(&s, Some(3)));
+    }
+
+    #[test]
+    fn the_node_must_be_the_claimed_host() {
+        let spec: crate::api::NodeApprovalSpec = serde_json::from_value(json!({
+            "serverRef": {"name": "corp"}, "preAuthKey": {"user": "alice"}, "hostname": "web-1"
+        }))
+        .unwrap();
+        let mut na = NodeApproval::new("a", spec);
+        assert_eq!(hostname_mismatch(&na, "3", "WEB-1"), None, "case-insensitive");
+        let (reason, message) = hostname_mismatch(&na, "3", "evil").unwrap();
+        assert_eq!(reason, "HostnameMismatch");
+        assert!(
+            message.contains("\"evil\"") && message.contains("\"web-1\""),
+            "{message}"
+        );
+        na.spec.hostname = None;
+        assert_eq!(hostname_mismatch(&na, "3", "evil"), None, "nothing claimed");
     }
 
     #[test]

@@ -95,6 +95,13 @@ pub fn expected(approvals: &[NodeApproval], server: &str) -> Expected {
     let mut e = Expected::default();
     for a in approvals.iter().filter(|a| a.spec.server_ref.name == server) {
         let Some(status) = &a.status else { continue };
+        // A node that is not the host the approval claimed is not accounted for (nor is
+        // anything else its key let in).
+        if let (Some(claimed), Some(node)) = (&a.spec.hostname, &status.node)
+            && !claimed.eq_ignore_ascii_case(&node.name)
+        {
+            continue;
+        }
         if let Some(id) = status.node.as_ref().and_then(|n| n.id.parse().ok()) {
             e.nodes.insert(NodeId(id));
         }
@@ -402,6 +409,19 @@ mod tests {
         let e = expected(&approvals, "corp");
         assert_eq!(e.nodes, [NodeId(4)].into_iter().collect());
         assert_eq!(e.keys, [PreAuthKeyId(9)].into_iter().collect());
+
+        // A node that is not the host its approval claimed accounts for nothing.
+        let mut claimed = mk(
+            "e",
+            "corp",
+            json!({"node": {"id": "6", "name": "EVIL"}, "preAuthKey": {"id": "11", "secretName": "e"}}),
+        );
+        claimed.spec.hostname = Some("web-1".into());
+        let mut honest = mk("f", "corp", json!({"node": {"id": "7", "name": "Web-1"}}));
+        honest.spec.hostname = Some("web-1".into());
+        let e = expected(&[claimed, honest], "corp");
+        assert_eq!(e.nodes, [NodeId(7)].into_iter().collect());
+        assert!(e.keys.is_empty());
     }
 
     #[test]
