@@ -526,6 +526,131 @@ async fn bad_managed_specs_are_refused_and_change_nothing() {
     );
 }
 
+/// The Postgres password and the OIDC client secret reach the pod only by reference
+/// (an env `secretKeyRef`, a Secret volume), never the ConfigMap, the StatefulSet, the
+/// server's status, an Event or the operator's log; a new value of either rolls the pod
+/// exactly once (their hash is on the pod template).
+#[tokio::test]
+async fn referenced_secrets_never_leak_and_a_new_value_rolls_the_pod_once() {
+    const PASSWORD: &str = "pgpass-Xq7Vw2Lr9Tz4";
+    const CLIENT_SECRET: &str = "oidc-Hk3Np8Ys5Jm1";
+    const NEW_CLIENT_SECRET: &str = "oidc-Bd6Rf0Wc2Gq9";
+    let client = admin_client().await;
+    let ns = namespace(&client, "refsecrets").await;
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
+    for (name, key, value) in [
+        ("pg", "password", PASSWORD),
+        ("idp", "client-secret", CLIENT_SECRET),
+    ] {
+        let secret: Secret =
+            serde_json::from_value(json!({"metadata": {"name": name}, "stringData": {key: value}})).unwrap();
+        secrets.create(&PostParams::default(), &secret).await.unwrap();
+    }
+    create_server(
+        &client,
+        managed(
+            "hs",
+            &ns,
+            "0.29.2",
+            "unused",
+            json!({
+                "database": {"type": "Postgres", "postgres": {"host": "db", "database": "hs", "user": "hs",
+                    "passwordSecretRef": {"name": "pg", "key": "password"}}},
+                "oidc": {"issuer": "https://idp.example.test", "clientId": "hs",
+                    "clientSecretRef": {"name": "idp", "key": "client-secret"}},
+            }),
+        ),
+    )
+    .await;
+    let first = wait_pod_ready(&client, &ns, "hs-0").await;
+    wait_reason(&client, &ns, "hs", "ApiKeyPending").await;
+    let sts_api = Api::<StatefulSet>::namespaced(client.clone(), &ns);
+    let hash = |s: &StatefulSet| {
+        s.spec
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.as_ref())
+            .and_then(|a| a.get("headscale.operator.dev/config-hash").cloned())
+            .expect("config hash on the pod template")
+    };
+    let before = sts_api.get("hs").await.unwrap();
+    let gen_before = before.metadata.generation.unwrap();
+
+    // A new client secret: the pod rolls once.
+    secrets
+        .patch(
+            "idp",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"client-secret": NEW_CLIENT_SECRET}})),
+        )
+        .await
+        .unwrap();
+    let rolled = wait_for("the hash follows the new client secret", WAIT, || async {
+        let s = sts_api.get("hs").await.map_err(|e| e.to_string())?;
+        if hash(&s) != hash(&before) {
+            Ok(s)
+        } else {
+            Err("same hash".to_string())
+        }
+    })
+    .await;
+    assert_eq!(rolled.metadata.generation.unwrap(), gen_before + 1);
+    let second = wait_for("a new pod", WAIT, || async {
+        let p = Api::<Pod>::namespaced(client.clone(), &ns)
+            .get_opt("hs-0")
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("no pod")?;
+        if p.uid() != first.uid() {
+            Ok(p)
+        } else {
+            Err("same pod".to_string())
+        }
+    })
+    .await;
+    wait_pod_ready(&client, &ns, "hs-0").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        sts_api.get("hs").await.unwrap().metadata.generation.unwrap(),
+        gen_before + 1,
+        "one template change for one new secret value"
+    );
+    let now = Api::<Pod>::namespaced(client.clone(), &ns)
+        .get("hs-0")
+        .await
+        .unwrap();
+    assert_eq!(now.uid(), second.uid(), "the pod was rolled more than once");
+
+    // Nothing shows the values.
+    let mut objects = vec![
+        serde_json::to_value(
+            Api::<HeadscaleServer>::namespaced(client.clone(), &ns)
+                .get("hs")
+                .await
+                .unwrap(),
+        )
+        .unwrap(),
+        serde_json::to_value(sts_api.get("hs").await.unwrap()).unwrap(),
+        serde_json::to_value(now).unwrap(),
+    ];
+    for cm in Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+    {
+        objects.push(serde_json::to_value(cm).unwrap());
+    }
+    assert_no_leak(
+        &client,
+        &ns,
+        &objects,
+        &[PASSWORD, CLIENT_SECRET, NEW_CLIENT_SECRET],
+    )
+    .await;
+}
+
 async fn becomes_ready_with_real_headscale(version: &str) {
     let client = admin_client().await;
     let ns = namespace(&client, "realpod").await;
