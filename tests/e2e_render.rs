@@ -158,6 +158,50 @@ fn served(metrics_port: u16, want: &[&str], hs: &Headscale) {
     }
 }
 
+/// The example DnsConfig (`examples/dns-config.yaml`), mapped and checked by the DNS
+/// controller's own function, starts on every version: Headscale serves its records,
+/// resolvers, split DNS and search domain.
+#[test]
+fn the_example_dnsconfig_as_the_controller_maps_it_runs_on_every_version() {
+    let example: Value =
+        serde_yaml::from_str(&std::fs::read_to_string("examples/dns-config.yaml").unwrap()).unwrap();
+    let dns_spec: headscale_operator::api::DnsConfigSpec =
+        serde_json::from_value(example["spec"].clone()).unwrap();
+    each_version(|version| {
+        let run = Run::new("exdns");
+        let spec = run.spec(version, json!({}));
+        let candidate = headscale_operator::controller::dns::build::candidate(&dns_spec, &spec, &run.layout)
+            .unwrap_or_else(|p| panic!("the example DnsConfig is refused: {p:?}"));
+        KubeletDir::new(&run.layout.dns_dir).write(&run.layout.extra_records, &candidate.records);
+        let hs = run.prove_running(&spec, &candidate.input, &[]);
+        let metrics = run.layout.metrics_port;
+        served(
+            metrics,
+            &[
+                "grafana.tailnet.example.com A 100.64.0.10",
+                "grafana.tailnet.example.com AAAA fd7a:115c:a1e0::10",
+            ],
+            &hs,
+        );
+        let Some((200, body)) = http_get(metrics, "/debug/config") else {
+            panic!("no /debug/config from headscale {version}")
+        };
+        let config: Value = serde_json::from_str(&body).unwrap();
+        let served_dns = config["TailcfgDNSConfig"].to_string();
+        for want in [
+            "10.0.0.53",
+            "https://dns.example.com/dns-query",
+            "corp.example.com",
+            "10.20.0.53",
+        ] {
+            assert!(
+                served_dns.contains(want),
+                "headscale {version} does not serve {want}: {served_dns}"
+            );
+        }
+    });
+}
+
 /// Everything the renderer can write at once (except DERP map URLs, which would need
 /// the internet): DNS with MagicDNS, override, split DNS, search domains and an
 /// extra-records file, OIDC with a client secret file, a subset prefix, random
