@@ -100,6 +100,45 @@ async fn unknown_and_restart_lost_auth_ids_fail_once() {
     .await;
 }
 
+/// A pending registration Headscale let expire ends its approval once as
+/// `AuthIdNotFound`. Headscale keeps one 15 minutes; 0.29's
+/// `tuning.register_cache_expiration` makes that 3 s here.
+#[tokio::test]
+async fn an_expired_auth_id_fails_once() {
+    let version = headscale_versions().pop().unwrap();
+    let hs = start_headscale(&version);
+    if !hs.version.trim_start_matches('v').starts_with("0.29") {
+        panic!(
+            "this test needs Headscale 0.29 (tuning.register_cache_expiration), not {}",
+            hs.version
+        );
+    }
+    hs.stop();
+    let config = hs.dir.join("config.yaml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        !text.contains("\ntuning:"),
+        "the test config has a tuning block already"
+    );
+    text.push_str("\ntuning:\n  register_cache_expiration: 3s\n");
+    std::fs::write(&config, text).unwrap();
+    hs.restart();
+    let s = Setup::with("na-late", hs, json!({})).await;
+    let auth_id = s.hs.plant_pending_node("alice", "late", &[]);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    s.approve(
+        "late",
+        json!({"registration": {"authId": auth_id, "user": "alice"}, "hostname": "late"}),
+    )
+    .await;
+    let na = s.wait_phase("late", "Failed", "AuthIdNotFound").await;
+    assert!(s.hs.client().list_nodes(None).await.unwrap().is_empty());
+    // Terminal: no retries, no further status writes.
+    let rv = na.resource_version();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(s.approvals().get("late").await.unwrap().resource_version(), rv);
+}
+
 /// The node an approval let in must be the host it claimed: one that registers under
 /// another hostname is said on the approval and counted unexpected by the audit, also
 /// after the approval's status was written again.
