@@ -300,6 +300,7 @@ async fn a_refused_dns_config_changes_nothing_and_says_why() {
     assert_eq!(ready.reason, "ApiKeyPending", "the server itself is fine");
 
     // The server's own change still applies, with the last good DNS.
+    let generation = sts_generation(&client, &ns).await;
     patch_server(
         &client,
         &ns,
@@ -322,6 +323,16 @@ async fn a_refused_dns_config_changes_nothing_and_says_why() {
         "the last good DNS was not kept"
     );
     assert!(records_file(&client, &ns, "hs").await.contains("100.64.0.10"));
+    // The ConfigMap is written before the StatefulSet that carries its hash.
+    wait_for("the StatefulSet rolled for the new config", WAIT, || async {
+        let now = sts_generation(&client, &ns).await;
+        if now == generation + 1 {
+            Ok(())
+        } else {
+            Err(format!("generation {now}"))
+        }
+    })
+    .await;
     wait_reason(&client, &ns, "hs", "ApiKeyPending").await;
 
     // A second DnsConfig for the server is refused, naming the first; not merged.

@@ -100,6 +100,41 @@ async fn unknown_and_restart_lost_auth_ids_fail_once() {
     .await;
 }
 
+/// A per-user quota counts the keys issued and not used yet: approvals filed one after
+/// the other cannot each fit in it.
+#[tokio::test]
+async fn the_quota_counts_keys_not_used_yet() {
+    let version = headscale_versions().pop().unwrap();
+    let s = Setup::new("na-quota", &version, json!({"maxNodesPerUser": 1})).await;
+    s.approve(
+        "first",
+        json!({"preAuthKey": {"user": "alice", "expiration": "6s"}}),
+    )
+    .await;
+    s.wait_phase("first", "KeyIssued", "KeyIssued").await;
+    s.approve("second", json!({"preAuthKey": {"user": "alice"}}))
+        .await;
+    let na = s.wait_phase("second", "Refused", "EnrollmentRefused").await;
+    assert_eq!(status(&na).refused_by.as_deref(), Some("maxNodesPerUser"));
+    assert_eq!(s.hs.client().list_pre_auth_keys().await.unwrap().len(), 1);
+    // Deleting the first approval leaves its key valid on the server: it still counts.
+    // Once it expired unused, the second fits (at a resync).
+    s.approvals().delete("first", &Default::default()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        s.approvals()
+            .get("second")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .phase
+            .as_deref(),
+        Some("Refused")
+    );
+    s.wait_phase("second", "KeyIssued", "KeyIssued").await;
+}
+
 /// A pending registration Headscale let expire ends its approval once as
 /// `AuthIdNotFound`. Headscale keeps one 15 minutes; 0.29's
 /// `tuning.register_cache_expiration` makes that 3 s here.

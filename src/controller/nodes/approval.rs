@@ -168,6 +168,10 @@ async fn reconcile_inner(na: &NodeApproval, state: &State) -> Result<Action, Err
     }
     let old = record(na, state);
 
+    // One approval of a server at a time, from the rules to the status write: a quota
+    // counts the keys other approvals hold, so two at once must not both fit in it.
+    let lock = state.enrollment_lock(&ns, &na.spec.server_ref.name);
+    let _one_at_a_time = lock.lock().await;
     let outcome = decide(na, state, &ns, &old).await?;
     let now = Timestamp::now();
     let new = desired_status(generation, &old, &outcome, now);
@@ -385,15 +389,31 @@ async fn check_local_rules(
     client: &headscale::Client,
 ) -> Result<Result<(), Violation>, Error> {
     let count = match req.user {
-        Some(user) if rules::needs_node_count(rules, req) => client
-            .list_nodes(Some(user))
-            .await?
-            .iter()
-            .filter(|n| !n.is_tagged())
-            .count(),
+        Some(user) if rules::needs_node_count(rules, req) => {
+            let nodes = client
+                .list_nodes(Some(user))
+                .await?
+                .iter()
+                .filter(|n| !n.is_tagged())
+                .count();
+            // A key issued and not used yet is a node to come: it counts too, so that
+            // approvals filed one after the other cannot each fit in the quota. (Keys
+            // minted outside the operator count as well: the server is the authority.)
+            let keys = client.list_pre_auth_keys().await?;
+            nodes + outstanding_keys(&keys, user, Timestamp::now())
+        }
         _ => 0,
     };
     Ok(rules::check(rules, req, count))
+}
+
+/// The server's keys for `user` (not tag-only) that are neither used nor expired: nodes
+/// to come. Pure.
+pub fn outstanding_keys(keys: &[PreAuthKey], user: &str, now: Timestamp) -> usize {
+    keys.iter()
+        .filter(|k| k.acl_tags.is_empty() && k.user.as_ref().is_some_and(|u| u.name == user))
+        .filter(|k| !k.used && !k.is_expired(now))
+        .count()
 }
 
 async fn register(
@@ -1044,6 +1064,33 @@ mod tests {
         );
         s.phase = Some("KeyIssued".into());
         assert!(!settled(&s, Some(3)));
+    }
+
+    #[test]
+    fn unused_keys_count_against_the_quota() {
+        let key = |id: u64, user: Option<&str>, tags: &[&str], used: bool, expiration: &str| PreAuthKey {
+            id: PreAuthKeyId(id),
+            user: user.map(|u| serde_json::from_value(json!({"id": "1", "name": u})).unwrap()),
+            masked_key: None,
+            reusable: false,
+            ephemeral: false,
+            used,
+            expiration: Some(expiration.parse().unwrap()),
+            created_at: None,
+            acl_tags: tags.iter().map(|t| t.to_string()).collect(),
+        };
+        let later = "2030-01-01T00:00:00Z";
+        let keys = vec![
+            key(1, Some("alice"), &[], false, later),
+            key(2, Some("alice"), &[], true, later),
+            key(3, Some("alice"), &[], false, "2020-01-01T00:00:00Z"),
+            key(4, Some("bob"), &[], false, later),
+            key(5, Some("alice"), &["tag:ci"], false, later),
+            key(6, None, &["tag:ci"], false, later),
+            key(7, Some("alice"), &[], false, later),
+        ];
+        let now: Timestamp = "2026-06-01T00:00:00Z".parse().unwrap();
+        assert_eq!(outstanding_keys(&keys, "alice", now), 2, "1 and 7");
     }
 
     #[test]

@@ -38,9 +38,16 @@ pub struct State {
     clients: Mutex<HashMap<String, ([u8; 32], headscale::Client)>>,
     memory: Mutex<HashMap<String, Remembered>>,
     audits: inventory::Memory,
+    enrolling: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl State {
+    /// The lock under which one approval of the server `ns/name` is decided at a time.
+    pub fn enrollment_lock(&self, ns: &str, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.enrolling.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(format!("{ns}/{name}")).or_default().clone()
+    }
+
     /// A client for the server, or why there is none (not Ready, managed, no key).
     pub async fn client_for(
         &self,
@@ -119,6 +126,7 @@ pub async fn run(ctx: Arc<Context>) {
         clients: Mutex::new(HashMap::new()),
         memory: Mutex::new(HashMap::new()),
         audits: inventory::Memory::default(),
+        enrolling: Mutex::new(HashMap::new()),
     });
     let approvals_ctl = Controller::new(approvals.clone(), watcher::Config::default().any_semantic());
     let store = approvals_ctl.store();
