@@ -311,6 +311,94 @@ fn traffic_flows_under_allow_all_and_stops_under_a_deny_policy() {
 /// reach only the test subnet, loopback and the tailnet (whose packets go out, encrypted, to
 /// test-subnet endpoints); an address outside has no route at all (asked of the kernel:
 /// nothing is sent).
+/// A test run killed with SIGKILL (no Drop, no trap) leaves nothing behind: the owner-pid
+/// watchdog of `netns.sh up` removes the namespace, its veth, the bridge and kills what ran
+/// inside the namespace.
+#[test]
+fn a_killed_test_run_leaves_no_namespace_link_or_process_behind() {
+    use std::process::{Command, Stdio};
+    let netns = repo().join("e2e/netns.sh");
+    let dir = tempfile::Builder::new()
+        .prefix("net-killed-")
+        .tempdir_in(scratch_dir())
+        .unwrap()
+        .keep();
+    let dir_s = dir.to_str().unwrap();
+    let mut owner = Command::new("sleep").arg("600").spawn().unwrap();
+    let out = Command::new(&netns)
+        .args(["up", dir_s, "--owner-pid", &owner.id().to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let env = std::fs::read_to_string(dir.join("net.env")).unwrap();
+    let bridge = env
+        .lines()
+        .find_map(|l| l.strip_prefix("HSOP_NET_BRIDGE="))
+        .unwrap()
+        .to_string();
+    let out = Command::new(&netns)
+        .args(["host", dir_s, "1"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let namespace = stdout.split_whitespace().next().unwrap().to_string();
+    let mut inside = Command::new("ip")
+        .args(["netns", "exec", &namespace, "sleep", "600"])
+        .spawn()
+        .unwrap();
+    let links = || {
+        String::from_utf8_lossy(
+            &Command::new("ip")
+                .args(["-o", "link", "show"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .to_string()
+    };
+    let namespaces = || {
+        String::from_utf8_lossy(
+            &Command::new("ip")
+                .args(["netns", "list"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .to_string()
+    };
+    assert!(namespaces().contains(&namespace) && links().contains(&bridge));
+
+    owner.kill().unwrap();
+    owner.wait().unwrap();
+    let t0 = Instant::now();
+    while namespaces().contains(&namespace) || links().contains(&bridge) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "still there 60 s after the owner died: {namespace} {bridge}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let t_gone = t0.elapsed();
+    // The process that ran inside the namespace was killed with it.
+    loop {
+        if inside.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the namespace's process survived"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!(
+        "owner SIGKILLed -> namespace, veth and bridge gone after {:.1} s",
+        t_gone.as_secs_f64()
+    );
+}
+
 #[test]
 fn a_test_host_reaches_only_the_test_subnet_and_loopback() {
     let forward_before = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
