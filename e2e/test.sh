@@ -22,6 +22,9 @@ eval "$(e2e/tools.sh env)"
 PATH="$HSOP_K8S_BIN:$(dirname "$HSOP_HELM_BIN"):$PATH"
 export PATH
 
+# The real-client tests need network namespaces (root): say so now, not after 15 minutes.
+e2e/netns.sh check
+
 step "format and lint"
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
