@@ -924,6 +924,18 @@ async fn edits_behind_the_operators_back_are_repaired_and_lost_keys_are_never_si
             .contains("cannot switch between managed and external"),
         "{err}"
     );
+    // Nor switch databases (it would start on an empty one).
+    let err = Api::<HeadscaleServer>::namespaced(client.clone(), &ns)
+        .patch(
+            "hs",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"managed": {"database": {"type": "Postgres",
+                "postgres": {"host": "db", "database": "hs", "user": "hs",
+                    "passwordSecretRef": {"name": "pg", "key": "password"}}}}}})),
+        )
+        .await
+        .expect_err("switching databases is refused");
+    assert!(err.to_string().contains("database.type cannot change"), "{err}");
 }
 
 #[tokio::test]

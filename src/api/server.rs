@@ -187,6 +187,7 @@ fn default_ephemeral_timeout() -> String {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = Rule::new("self.type != 'Postgres' || has(self.postgres)").message("database.postgres must be set when database.type is Postgres"))]
 #[x_kube(validation = Rule::new("self.type == 'Postgres' || !has(self.postgres)").message("database.postgres is only read when database.type is Postgres: set type: Postgres, or remove postgres"))]
+#[x_kube(validation = Rule::new("self.type == oldSelf.type").message("database.type cannot change: Headscale would start on an empty database (its nodes, users and keys stay in the old one); migrate the data and create a new HeadscaleServer"))]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseSpec {
     /// `Sqlite` (recommended by Headscale) or `Postgres`.
