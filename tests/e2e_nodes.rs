@@ -100,6 +100,114 @@ async fn unknown_and_restart_lost_auth_ids_fail_once() {
     .await;
 }
 
+/// A TCP relay to a real Headscale that swallows the answer to the first registration
+/// request (Headscale registers the node; the operator never hears so): the fault a
+/// real server cannot make on demand. Everything else passes through unchanged.
+struct DroppingProxy {
+    url: String,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl DroppingProxy {
+    async fn start(upstream: &str) -> DroppingProxy {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let dropped = std::sync::Arc::new(AtomicUsize::new(0));
+        let armed = std::sync::Arc::new(AtomicBool::new(true));
+        let count = dropped.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let (armed, count) = (armed.clone(), count.clone());
+                tokio::spawn(async move {
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    // Set when this connection carried the registration to swallow.
+                    let swallow = std::sync::Arc::new(AtomicBool::new(false));
+                    let up = {
+                        let swallow = swallow.clone();
+                        async move {
+                            let mut buf = vec![0u8; 16384];
+                            loop {
+                                let n = match cr.read(&mut buf).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => n,
+                                };
+                                let text = String::from_utf8_lossy(&buf[..n]);
+                                if (text.contains("POST /api/v1/auth/register")
+                                    || text.contains("POST /api/v1/node/register"))
+                                    && armed.swap(false, Ordering::SeqCst)
+                                {
+                                    swallow.store(true, Ordering::SeqCst);
+                                }
+                                if sw.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    };
+                    let down = async move {
+                        let mut buf = vec![0u8; 16384];
+                        loop {
+                            let n = match sr.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if swallow.load(Ordering::SeqCst) {
+                                // Headscale answered; the operator gets a closed connection.
+                                count.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
+                            if cw.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    tokio::select! { _ = up => {}, _ = down => {} }
+                });
+            }
+        });
+        DroppingProxy { url, dropped }
+    }
+}
+
+/// A registration whose answer was lost (Headscale registered the node, the operator got
+/// a closed connection) is not taken for a used auth id: the retry finds the node the
+/// first attempt made and records it, so the node is expected.
+#[tokio::test]
+async fn a_registration_whose_answer_was_lost_finds_its_node() {
+    let version = headscale_versions().pop().unwrap();
+    let mut hs = start_headscale(&version);
+    let proxy = DroppingProxy::start(&hs.url).await;
+    hs.url = proxy.url.clone();
+    let s = Setup::with("na-lost", hs, json!({})).await;
+    let auth_id = s.hs.plant_pending_node("alice", "laptop", &[]);
+    s.approve(
+        "laptop",
+        json!({"registration": {"authId": auth_id, "user": "alice"}, "hostname": "laptop"}),
+    )
+    .await;
+    let na = s.wait_phase("laptop", "Approved", "Registered").await;
+    assert_eq!(
+        proxy.dropped.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the first answer was swallowed"
+    );
+    let node = status(&na).node.expect("status.node");
+    let nodes = s.hs.client().list_nodes(None).await.unwrap();
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    assert_eq!(nodes[0].id.to_string(), node.id);
+    // Judged once it is older than the audit's settling time: expected.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let inv = s.wait_inventory("the node audited", |i| i.total == 1).await;
+    assert_eq!(inv.unexpected, 0, "{inv:?}");
+}
+
 /// A per-user quota counts the keys issued and not used yet: approvals filed one after
 /// the other cannot each fit in it.
 #[tokio::test]

@@ -317,7 +317,7 @@ async fn decide(
         }
     };
     match (&na.spec.registration, &na.spec.pre_auth_key) {
-        (Some(reg), _) => register(na, &hs.spec.enrollment, &client, reg).await,
+        (Some(reg), _) => register(na, state, &hs.spec.enrollment, &client, reg).await,
         (None, Some(pak)) => pre_auth_key(&ctx.client, na, ns, &hs.spec.enrollment, &client, pak, old).await,
         (None, None) => Ok(Outcome::Failed {
             reason: reason::INVALID_SPEC,
@@ -418,6 +418,7 @@ pub fn outstanding_keys(keys: &[PreAuthKey], user: &str, now: Timestamp) -> usiz
 
 async fn register(
     na: &NodeApproval,
+    state: &State,
     rules: &EnrollmentSpec,
     client: &headscale::Client,
     reg: &RegistrationSpec,
@@ -441,12 +442,43 @@ async fn register(
             stalled: true,
         });
     }
-    let node = match client.register_node(&reg.auth_id, &reg.user).await {
+    // A registration is not idempotent: when an attempt gets no answer (a timeout, a
+    // dropped connection) Headscale may have registered the node, and the next attempt
+    // finds the auth id used. The attempt is remembered so that node can be found.
+    let uid = na.uid().unwrap_or_default();
+    let earlier = state.registration_attempt(&uid, Timestamp::now());
+    let result = client.register_node(&reg.auth_id, &reg.user).await;
+    if !matches!(&result, Err(e) if e.is_transient()) {
+        state.forget_registration_attempt(&uid);
+    }
+    let node = match result {
         Ok(node) => node,
         Err(headscale::Error::NotFound { .. }) => {
+            let mut message = "Headscale has no pending registration with this auth id: it is mistyped, expired (Headscale keeps one 15 minutes), already used, or was lost when Headscale restarted. Run `tailscale up` again and approve the new auth id in a new NodeApproval".to_string();
+            if let Some(since) = earlier {
+                let nodes = client.list_nodes(Some(&reg.user)).await?;
+                let found = registered_since(&nodes, since, na.spec.hostname.as_deref());
+                if let [node] = found[..] {
+                    tracing::info!(approval = %object_key(na), node_id = %node.id, node = %node.name,
+                        "an earlier registration got no answer; found the node it registered");
+                    return Ok(Outcome::Approved {
+                        reason: reason::REGISTERED,
+                        node: Some(approved_node(node, Timestamp::now())),
+                        key: None,
+                        warning: hostname_mismatch(na, &node.id.to_string(), &node.name),
+                    });
+                }
+                if !found.is_empty() {
+                    let ids: Vec<String> = found.iter().map(|n| format!("{} ({})", n.id, n.name)).collect();
+                    message.push_str(&format!(
+                        ". An earlier attempt got no answer, so Headscale may have registered the node then: it is one of {}",
+                        ids.join(", ")
+                    ));
+                }
+            }
             return Ok(Outcome::Failed {
                 reason: reason::AUTH_ID_NOT_FOUND,
-                message: "Headscale has no pending registration with this auth id: it is mistyped, expired (Headscale keeps one 15 minutes), already used, or was lost when Headscale restarted. Run `tailscale up` again and approve the new auth id in a new NodeApproval".into(),
+                message,
             });
         }
         Err(e @ (headscale::Error::InvalidInput { .. } | headscale::Error::Conflict { .. })) => {
@@ -494,6 +526,19 @@ pub fn hostname_mismatch(na: &NodeApproval, id: &str, name: &str) -> Option<(&'s
             ),
         )
     })
+}
+
+/// The nodes of a user that an unanswered registration attempt at `since` may have made:
+/// registered through the API (method CLI) from shortly before that attempt on, with
+/// the claimed hostname when the approval names one. Pure.
+pub fn registered_since<'a>(nodes: &'a [Node], since: Timestamp, hostname: Option<&str>) -> Vec<&'a Node> {
+    let from = since.checked_sub(SignedDuration::from_secs(5)).unwrap_or(since);
+    nodes
+        .iter()
+        .filter(|n| n.register_method == "REGISTER_METHOD_CLI" && n.pre_auth_key_id.is_none())
+        .filter(|n| n.created_at.is_some_and(|c| c >= from))
+        .filter(|n| hostname.is_none_or(|h| h.eq_ignore_ascii_case(&n.name)))
+        .collect()
 }
 
 pub fn approved_node(node: &Node, now: Timestamp) -> ApprovedNode {
@@ -1091,6 +1136,31 @@ mod tests {
         ];
         let now: Timestamp = "2026-06-01T00:00:00Z".parse().unwrap();
         assert_eq!(outstanding_keys(&keys, "alice", now), 2, "1 and 7");
+    }
+
+    #[test]
+    fn an_unanswered_registration_is_found_by_time_user_and_hostname() {
+        let node = |id: u64, name: &str, method: &str, created: &str| -> Node {
+            serde_json::from_value(json!({
+                "id": id.to_string(), "name": name, "registerMethod": method,
+                "createdAt": created, "online": false, "tags": [],
+            }))
+            .unwrap()
+        };
+        let nodes = vec![
+            node(1, "laptop", "REGISTER_METHOD_CLI", "2026-06-01T00:00:10Z"),
+            node(2, "laptop", "REGISTER_METHOD_CLI", "2026-05-31T00:00:00Z"),
+            node(3, "laptop", "REGISTER_METHOD_OIDC", "2026-06-01T00:00:10Z"),
+            node(4, "desk", "REGISTER_METHOD_CLI", "2026-06-01T00:00:03Z"),
+        ];
+        let since: Timestamp = "2026-06-01T00:00:05Z".parse().unwrap();
+        let ids = |v: Vec<&Node>| v.iter().map(|n| n.id.0).collect::<Vec<_>>();
+        assert_eq!(ids(registered_since(&nodes, since, Some("Laptop"))), vec![1]);
+        assert_eq!(
+            ids(registered_since(&nodes, since, None)),
+            vec![1, 4],
+            "5 s of slack"
+        );
     }
 
     #[test]

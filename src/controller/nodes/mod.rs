@@ -39,9 +39,28 @@ pub struct State {
     memory: Mutex<HashMap<String, Remembered>>,
     audits: inventory::Memory,
     enrolling: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Registrations (by approval uid) whose last attempt got no answer, since when.
+    unanswered: Mutex<HashMap<String, jiff::Timestamp>>,
 }
 
 impl State {
+    /// Records a registration attempt of approval `uid` at `now`; returns when an
+    /// earlier attempt that got no answer was made, if one was (kept: the earliest).
+    pub fn registration_attempt(&self, uid: &str, now: jiff::Timestamp) -> Option<jiff::Timestamp> {
+        let mut map = self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
+        let earlier = map.get(uid).copied();
+        map.entry(uid.to_string()).or_insert(now);
+        earlier
+    }
+
+    /// The attempt got an answer (whatever it was).
+    pub fn forget_registration_attempt(&self, uid: &str) {
+        self.unanswered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(uid);
+    }
+
     /// The lock under which one approval of the server `ns/name` is decided at a time.
     pub fn enrollment_lock(&self, ns: &str, name: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.enrolling.lock().unwrap_or_else(|p| p.into_inner());
@@ -127,6 +146,7 @@ pub async fn run(ctx: Arc<Context>) {
         memory: Mutex::new(HashMap::new()),
         audits: inventory::Memory::default(),
         enrolling: Mutex::new(HashMap::new()),
+        unanswered: Mutex::new(HashMap::new()),
     });
     let approvals_ctl = Controller::new(approvals.clone(), watcher::Config::default().any_semantic());
     let store = approvals_ctl.store();
