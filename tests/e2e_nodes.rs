@@ -794,7 +794,7 @@ impl DecisionService {
             "https://127.0.0.1:{}/decide",
             listener.local_addr().unwrap().port()
         );
-        let reviews = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let reviews = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
         let seen = reviews.clone();
         tokio::spawn(async move {
             loop {
@@ -845,14 +845,15 @@ impl DecisionService {
                         n
                     };
                     // `ticket-*`: the ticket is approved after the first ask.
-                    let answer = if name.starts_with("allow") || (name.starts_with("ticket") && asked_before > 0) {
-                        json!({"allowed": true})
-                    } else if name.starts_with("slow") {
-                        tokio::time::sleep(Duration::from_secs(5)).await;
-                        json!({"allowed": true})
-                    } else {
-                        json!({"allowed": false, "reason": "ticket INC-42 is not approved"})
-                    };
+                    let answer =
+                        if name.starts_with("allow") || (name.starts_with("ticket") && asked_before > 0) {
+                            json!({"allowed": true})
+                        } else if name.starts_with("slow") {
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                            json!({"allowed": true})
+                        } else {
+                            json!({"allowed": false, "reason": "ticket INC-42 is not approved"})
+                        };
                     let body = answer.to_string();
                     let response = format!(
                         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
