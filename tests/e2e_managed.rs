@@ -257,6 +257,82 @@ async fn a_spec_change_rolls_the_pod_once_and_an_idle_resync_writes_nothing() {
 }
 
 #[tokio::test]
+async fn a_crash_looping_pod_is_still_replaced_when_the_spec_is_fixed() {
+    let client = admin_client().await;
+    let ns = namespace(&client, "crashloop").await;
+    let class = volume_for(&client, &ns).await;
+    create_server(&client, managed("hs", &ns, "0.29.2", &class, json!({}))).await;
+    let first = wait_pod_ready(&client, &ns, "hs-0").await;
+    let sts = Api::<StatefulSet>::namespaced(client.clone(), &ns)
+        .get("hs")
+        .await
+        .unwrap();
+    assert_eq!(sts.spec.pod_management_policy.as_deref(), Some("Parallel"));
+
+    // Headscale exits at start (as with an OIDC issuer it cannot reach): the pod runs
+    // and is not Ready. KWOK runs no containers, so the test writes what the kubelet
+    // would (kwok's stages only act on Pending pods).
+    let statuses: Vec<_> = first
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers
+        .iter()
+        .map(|c| {
+            let mut s = json!({"name": c.name, "image": c.image, "imageID": "", "ready": false,
+                "restartCount": 4, "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}});
+            if c.name == "headscale" {
+                s["state"] = json!({"waiting": {"reason": "CrashLoopBackOff"}});
+                s["lastState"] = json!({"terminated": {"exitCode": 1,
+                    "message": "{\"level\":\"fatal\",\"message\":\"creating OIDC provider\"}"}});
+            }
+            s
+        })
+        .collect();
+    Api::<Pod>::namespaced(client.clone(), &ns)
+        .patch_status(
+            "hs-0",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"status": {
+                "conditions": [
+                    {"type": "Ready", "status": "False", "reason": "ContainersNotReady"},
+                    {"type": "ContainersReady", "status": "False", "reason": "ContainersNotReady"},
+                ],
+                "containerStatuses": statuses,
+            }})),
+        )
+        .await
+        .unwrap();
+    let msg = wait_reason(&client, &ns, "hs", "HeadscaleFailed").await;
+    assert!(msg.contains("creating OIDC provider"), "{msg}");
+
+    // The fix (any change of the rendered config): the StatefulSet replaces the pod
+    // that is not Ready (with OrderedReady it would wait for it forever).
+    patch_server(
+        &client,
+        &ns,
+        "hs",
+        json!({"spec": {"managed": {"logging": {"level": "debug"}}}}),
+    )
+    .await;
+    wait_for("the not-Ready pod replaced", WAIT, || async {
+        let p = Api::<Pod>::namespaced(client.clone(), &ns)
+            .get_opt("hs-0")
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("no pod")?;
+        if p.uid() != first.uid() {
+            Ok(())
+        } else {
+            Err("the same pod".to_string())
+        }
+    })
+    .await;
+    wait_pod_ready(&client, &ns, "hs-0").await;
+    wait_reason(&client, &ns, "hs", "ApiKeyPending").await;
+}
+
+#[tokio::test]
 async fn servers_with_one_name_in_two_namespaces_and_two_in_one_do_not_collide() {
     let client = admin_client().await;
     let ns1 = namespace(&client, "multi").await;

@@ -236,6 +236,7 @@ pub async fn reconcile(
         config_yaml: &config,
         config_hash: &config_hash,
         existing_claims: existing.as_ref().and_then(build::existing_claims),
+        existing_pod_management_policy: existing.as_ref().map(build::existing_pod_management_policy),
         settings: &settings,
     };
     let mut desired = Vec::new();
