@@ -143,6 +143,34 @@ async fn a_managed_server_gets_its_children_and_a_ready_pod() {
         .await
         .unwrap();
     assert_eq!(pvc.status.unwrap().phase.as_deref(), Some("Bound"));
+
+    // The keys follow the volume's fate on every change of deleteOnServerDeletion, not
+    // only when they are created; the keys themselves are never rewritten.
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
+    for (delete, owned) in [(true, true), (false, false)] {
+        patch_server(
+            &client,
+            &ns,
+            "hs",
+            json!({"spec": {"managed": {"database": {"sqlite": {"deleteOnServerDeletion": delete}}}}}),
+        )
+        .await;
+        wait_for(
+            &format!("keys Secret owned by the server: {owned}"),
+            WAIT,
+            || async {
+                let s = secrets.get("hs-keys").await.map_err(|e| e.to_string())?;
+                if owned_by(&s.metadata, &hs) == owned {
+                    Ok(())
+                } else {
+                    Err(format!("{:?}", s.metadata.owner_references))
+                }
+            },
+        )
+        .await;
+        let now = secrets.get("hs-keys").await.unwrap();
+        assert_eq!(now.data, keys.data, "the keys were rewritten");
+    }
     Api::<HeadscaleServer>::namespaced(client.clone(), &ns)
         .delete("hs", &DeleteParams::foreground())
         .await

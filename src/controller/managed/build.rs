@@ -185,6 +185,36 @@ pub fn records_config_map(hs: &HeadscaleServer, names: &Names, records_json: &st
     })
 }
 
+/// Whether the keys Secret is owned by the server (deleted with it). The keys belong
+/// with the state: kept with the volume (and with a Postgres database, which outlives
+/// the server), deleted with it only when the spec deletes the volume too.
+pub fn keys_owned(spec: &ManagedSpec) -> bool {
+    spec.database.type_ == DatabaseType::Sqlite && spec.database.sqlite.delete_on_server_deletion
+}
+
+/// The patch (metadata only: the keys are never rewritten) that makes an existing keys
+/// Secret's owner references follow [`keys_owned`], or `None` when they do. Other
+/// owners are kept; the write is conditional on the resourceVersion read.
+pub fn keys_owner_patch(meta: &kube::api::ObjectMeta, hs: &HeadscaleServer, owned: bool) -> Option<Value> {
+    let uid = hs.uid()?;
+    let refs = meta.owner_references.clone().unwrap_or_default();
+    if refs.iter().any(|r| r.uid == uid) == owned {
+        return None;
+    }
+    let mut keep: Vec<Value> = refs
+        .iter()
+        .filter(|r| r.uid != uid)
+        .filter_map(|r| serde_json::to_value(r).ok())
+        .collect();
+    if owned && let Value::Array(ours) = owner(hs) {
+        keep.extend(ours);
+    }
+    Some(json!({"metadata": {
+        "resourceVersion": meta.resource_version,
+        "ownerReferences": keep,
+    }}))
+}
+
 /// The generated keys Secret, created once and never overwritten. Owned by the
 /// server (deleted with it) only when `owned`; otherwise it stays with the state.
 pub fn keys_secret(hs: &HeadscaleServer, names: &Names, noise: &str, derp: &str, owned: bool) -> Value {
@@ -751,6 +781,49 @@ mod tests {
         let cm = records_config_map(&hs, &Names::of("corp"), "[]\n");
         assert_eq!(cm["data"][RECORDS_KEY], "[]\n");
         assert_eq!(cm["metadata"]["ownerReferences"][0]["uid"], "u-1");
+    }
+
+    #[test]
+    fn the_keys_secret_is_owned_only_while_the_volume_is_deleted_with_the_server() {
+        let sqlite = |delete: bool| {
+            server(json!({"version": "0.29.2", "serverUrl": "https://hs.example.com",
+                "database": {"sqlite": {"deleteOnServerDeletion": delete}}}))
+        };
+        let postgres = server(json!({"version": "0.29.2", "serverUrl": "https://hs.example.com",
+            "database": {"type": "Postgres", "postgres": {"host": "db", "database": "hs", "user": "hs",
+                "passwordSecretRef": {"name": "pg", "key": "password"}}, "sqlite": {"deleteOnServerDeletion": true}}}));
+        let spec = |hs: &HeadscaleServer| hs.spec.managed.clone().unwrap();
+        assert!(keys_owned(&spec(&sqlite(true))));
+        assert!(!keys_owned(&spec(&sqlite(false))));
+        assert!(
+            !keys_owned(&spec(&postgres)),
+            "a Postgres database outlives the server"
+        );
+
+        let hs = sqlite(false);
+        let meta = |refs: Value| -> kube::api::ObjectMeta {
+            serde_json::from_value(
+                json!({"name": "corp-keys", "resourceVersion": "7", "ownerReferences": refs}),
+            )
+            .unwrap()
+        };
+        let ours = json!({"apiVersion": "headscale.operator.dev/v1alpha1", "kind": "HeadscaleServer",
+            "name": "corp", "uid": "u-1", "controller": true});
+        let theirs = json!({"apiVersion": "v1", "kind": "ConfigMap", "name": "backup", "uid": "b-1"});
+        // Already as the spec says: no write.
+        assert_eq!(keys_owner_patch(&meta(json!([])), &hs, false), None);
+        assert_eq!(keys_owner_patch(&meta(json!([ours])), &hs, true), None);
+        // deleteOnServerDeletion true -> false: the server's reference goes, others stay;
+        // only metadata, conditional on the version read.
+        let p = keys_owner_patch(&meta(json!([ours, theirs])), &hs, false).unwrap();
+        assert_eq!(
+            p,
+            json!({"metadata": {"resourceVersion": "7", "ownerReferences": [theirs]}})
+        );
+        // false -> true: the server's reference is added.
+        let p = keys_owner_patch(&meta(json!([theirs])), &hs, true).unwrap();
+        assert_eq!(p["metadata"]["ownerReferences"], json!([theirs, ours]));
+        assert!(p.get("data").is_none() && p.get("stringData").is_none());
     }
 
     #[test]

@@ -296,6 +296,11 @@ pub async fn reconcile(
     {
         return Ok((outcome.with_endpoint(&endpoint), extra));
     }
+    if let Some(patch) = &keys.owner_patch
+        && let Err(outcome) = own_keys(ctx, hs, &secrets, &names, patch).await?
+    {
+        return Ok((outcome.with_endpoint(&endpoint), extra));
+    }
     create_if_absent(
         ctx,
         &secrets,
@@ -645,6 +650,9 @@ pub fn check_version_step(running: Option<&str>, wanted: &str) -> Option<(&'stat
 struct Keys {
     hash: Vec<u8>,
     create: Option<(SecretString, SecretString)>,
+    /// The existing Secret's owner references do not follow the spec: this patch
+    /// (metadata only) makes them.
+    owner_patch: Option<Value>,
 }
 
 /// Reads the keys Secret. An existing one is never overwritten (a new noise key
@@ -689,7 +697,12 @@ async fn keys(
                 }
             }
         }
-        return Ok(Ok(Keys { hash, create: None }));
+        let owner_patch = build::keys_owner_patch(&secret.metadata, hs, build::keys_owned(spec));
+        return Ok(Ok(Keys {
+            hash,
+            create: None,
+            owner_patch,
+        }));
     }
     let asked = hs
         .annotations()
@@ -727,6 +740,7 @@ async fn keys(
     Ok(Ok(Keys {
         hash,
         create: Some((noise, derp)),
+        owner_patch: None,
     }))
 }
 
@@ -737,12 +751,7 @@ async fn create_keys(
     names: &Names,
     (noise, derp): &(SecretString, SecretString),
 ) -> Result<Result<(), Outcome>, Error> {
-    let spec = hs.spec.managed.as_ref();
-    // The keys belong with the state: kept with the volume (and with a Postgres
-    // database, which outlives the server), deleted with it when the spec says so.
-    let owned = spec.is_some_and(|m| {
-        m.database.type_ == DatabaseType::Sqlite && m.database.sqlite.delete_on_server_deletion
-    });
+    let owned = hs.spec.managed.as_ref().is_some_and(build::keys_owned);
     let obj = build::keys_secret(hs, names, noise.expose(), derp.expose(), owned);
     let secret: Secret = serde_json::from_value(obj).map_err(|e| Error::Build(e.to_string()))?;
     match secrets.create(&PostParams::default(), &secret).await {
@@ -774,6 +783,43 @@ async fn create_keys(
             ),
         ))),
         Err(e) => Err(kube_err("creating the keys Secret")(e)),
+    }
+}
+
+/// Makes the keys Secret's ownership follow `deleteOnServerDeletion` (a metadata-only
+/// patch; the keys are never rewritten): owned, it is deleted with the server; not
+/// owned, it is kept with the volume, so a server of the same name finds its keys.
+async fn own_keys(
+    ctx: &Context,
+    hs: &HeadscaleServer,
+    secrets: &Api<Secret>,
+    names: &Names,
+    patch: &Value,
+) -> Result<Result<(), Outcome>, Error> {
+    match secrets
+        .patch(&names.keys_secret, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(_) => {
+            count_write(ctx, hs, "Secret");
+            let owned = hs.spec.managed.as_ref().is_some_and(build::keys_owned);
+            tracing::info!(
+                server = %format!("{}/{}", hs.namespace().unwrap_or_default(), hs.name_any()),
+                secret = %names.keys_secret,
+                owned,
+                "the keys Secret's ownership follows deleteOnServerDeletion"
+            );
+            Ok(Ok(()))
+        }
+        // Changed or deleted meanwhile: the next reconcile looks again.
+        Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(Err(waiting(
+            why::POD_NOT_READY,
+            format!(
+                "Secret {:?} changed while its ownership was updated; looking again",
+                names.keys_secret
+            ),
+        ))),
+        Err(e) => Err(kube_err("updating the keys Secret's owner")(e)),
     }
 }
 
