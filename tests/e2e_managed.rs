@@ -297,40 +297,65 @@ async fn a_crash_looping_pod_is_still_replaced_when_the_spec_is_fixed() {
         .unwrap();
     assert_eq!(sts.spec.pod_management_policy.as_deref(), Some("Parallel"));
 
-    // Headscale exits at start (as with an OIDC issuer it cannot reach): the pod runs
-    // and is not Ready. KWOK runs no containers, so the test writes what the kubelet
-    // would (kwok's stages only act on Pending pods).
-    let statuses: Vec<_> = first
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers
-        .iter()
-        .map(|c| {
-            let mut s = json!({"name": c.name, "image": c.image, "imageID": "", "ready": false,
-                "restartCount": 4, "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}});
-            if c.name == "headscale" {
-                s["state"] = json!({"waiting": {"reason": "CrashLoopBackOff"}});
-                s["lastState"] = json!({"terminated": {"exitCode": 1,
-                    "message": "{\"level\":\"fatal\",\"message\":\"creating OIDC provider\"}"}});
-            }
-            s
-        })
-        .collect();
-    Api::<Pod>::namespaced(client.clone(), &ns)
-        .patch_status(
-            "hs-0",
-            &PatchParams::default(),
-            &Patch::Strategic(json!({"status": {
-                "conditions": [
-                    {"type": "Ready", "status": "False", "reason": "ContainersNotReady"},
-                    {"type": "ContainersReady", "status": "False", "reason": "ContainersNotReady"},
-                ],
-                "containerStatuses": statuses,
-            }})),
-        )
-        .await
-        .unwrap();
+    // KWOK runs no containers, so the test writes what the kubelet would (kwok's stages
+    // only act on Pending pods): the headscale container in `headscale`, the pod not Ready.
+    let set_headscale = |headscale: serde_json::Value| {
+        let statuses: Vec<_> = first
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers
+            .iter()
+            .map(|c| {
+                let mut s = json!({"name": c.name, "image": c.image, "imageID": "", "ready": false,
+                    "restartCount": 4, "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}});
+                if c.name == "headscale"
+                    && let Some(fields) = headscale.as_object()
+                {
+                    for (k, v) in fields {
+                        s[k] = v.clone();
+                    }
+                }
+                s
+            })
+            .collect();
+        let client = client.clone();
+        let ns = ns.clone();
+        async move {
+            Api::<Pod>::namespaced(client, &ns)
+                .patch_status(
+                    "hs-0",
+                    &PatchParams::default(),
+                    &Patch::Strategic(json!({"status": {
+                        "conditions": [
+                            {"type": "Ready", "status": "False", "reason": "ContainersNotReady"},
+                            {"type": "ContainersReady", "status": "False", "reason": "ContainersNotReady"},
+                        ],
+                        "containerStatuses": statuses,
+                    }})),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    // An image that cannot be pulled needs a person, and status says which and why.
+    set_headscale(json!({"state": {"waiting": {"reason": "ImagePullBackOff",
+        "message": "Back-off pulling image \"docker.io/headscale/headscale:0.29.2\""}}}))
+    .await;
+    let msg = wait_reason(&client, &ns, "hs", "PodFailing").await;
+    assert!(
+        msg.contains("\"headscale\"")
+            && msg.contains("ImagePullBackOff")
+            && msg.contains("docker.io/headscale/headscale:0.29.2"),
+        "{msg}"
+    );
+    // Headscale exits at start (as with an OIDC issuer it cannot reach).
+    set_headscale(
+        json!({"state": {"waiting": {"reason": "CrashLoopBackOff", "message": null}},
+        "lastState": {"terminated": {"exitCode": 1,
+            "message": "{\"level\":\"fatal\",\"message\":\"creating OIDC provider\"}"}}}),
+    )
+    .await;
     let msg = wait_reason(&client, &ns, "hs", "HeadscaleFailed").await;
     assert!(msg.contains("creating OIDC provider"), "{msg}");
 

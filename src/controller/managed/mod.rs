@@ -61,6 +61,9 @@ pub mod why {
     pub const POD_NOT_READY: &str = "PodNotReady";
     /// Headscale exited; the message has the end of its log.
     pub const HEADSCALE_FAILED: &str = "HeadscaleFailed";
+    /// The pod cannot start without a person: an image that cannot be pulled, a
+    /// container the runtime cannot create, or no node that can take the pod.
+    pub const POD_FAILING: &str = "PodFailing";
     /// The keyholder has not stored an API key yet.
     pub const API_KEY_PENDING: &str = "ApiKeyPending";
     /// The API server refused an object the operator built from the spec.
@@ -1123,6 +1126,9 @@ pub fn pod_problem(pod: &Pod, config_hash: &str) -> Option<Outcome> {
             ));
         }
     }
+    if let Some(problem) = pod_failing(pod) {
+        return Some(stalled(why::POD_FAILING, problem));
+    }
     let hash = pod.annotations().get(build::CONFIG_HASH_ANNOTATION);
     if hash.map(String::as_str) != Some(config_hash) {
         return Some(waiting(
@@ -1148,6 +1154,64 @@ pub fn pod_problem(pod: &Pod, config_hash: &str) -> Option<Outcome> {
         ));
     }
     None
+}
+
+/// Container waiting reasons the kubelet keeps retrying but that only a person can
+/// fix (a wrong image or registry access, a missing Secret or ConfigMap key, a
+/// container the runtime refuses). `ContainerCreating` and `PodInitializing` pass.
+const NEEDS_A_PERSON: [&str; 5] = [
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+];
+
+/// Why a pod cannot start by itself, or `None`: a container waiting for one of
+/// [`NEEDS_A_PERSON`] (its name, the reason and the kubelet's message, which for a pull
+/// names the image), or no node that can take it (the scheduler's message). Pure.
+pub fn pod_failing(pod: &Pod) -> Option<String> {
+    let name = pod.name_any();
+    let status = pod.status.as_ref()?;
+    let containers = status
+        .init_container_statuses
+        .iter()
+        .chain(&status.container_statuses);
+    for cs in containers.flatten() {
+        let Some(w) = cs.state.as_ref().and_then(|s| s.waiting.as_ref()) else {
+            continue;
+        };
+        let Some(reason) = w.reason.as_deref().filter(|r| NEEDS_A_PERSON.contains(r)) else {
+            continue;
+        };
+        let detail = w.message.as_deref().map(one_line).unwrap_or_default();
+        return Some(format!(
+            "pod {name:?}: container {:?} cannot start: {reason}{}",
+            cs.name,
+            if detail.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", super::truncate(&detail, 300))
+            }
+        ));
+    }
+    let unschedulable = status.conditions.iter().flatten().find(|c| {
+        c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable")
+    })?;
+    let detail = unschedulable.message.as_deref().map(one_line).unwrap_or_default();
+    Some(format!(
+        "pod {name:?} cannot be scheduled: {}",
+        if detail.is_empty() {
+            "no node can take it".to_string()
+        } else {
+            super::truncate(&detail, 300)
+        }
+    ))
+}
+
+/// A message on one line, runs of whitespace collapsed.
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// The end of a log excerpt: the last line that is not empty, at most 300 bytes.
@@ -1230,6 +1294,84 @@ mod tests {
             }
         ));
         assert!(pod_problem(&ready("h", "False"), "h").is_some());
+    }
+
+    #[test]
+    fn pods_that_need_a_person_say_which_container_and_why() {
+        let waiting = |reason: &str, message: &str| {
+            pod(json!({
+                "metadata": {"name": "hs-0", "annotations": {build::CONFIG_HASH_ANNOTATION: "h"}},
+                "status": {"phase": "Pending", "conditions": [{"type": "Ready", "status": "False"}],
+                    "containerStatuses": [
+                        {"name": "headscale", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                         "state": {"waiting": {"reason": reason, "message": message}}},
+                        {"name": "keyholder", "image": "k", "imageID": "", "ready": true, "restartCount": 0,
+                         "state": {"running": {}}},
+                    ]},
+            }))
+        };
+        let failing = |p: &Pod| match pod_problem(p, "h") {
+            Some(Outcome::NotReady {
+                reason,
+                message,
+                stalled,
+                ..
+            }) => (reason, message, stalled),
+            other => panic!("{other:?}"),
+        };
+        for reason in NEEDS_A_PERSON {
+            let (why, message, stalled) = failing(&waiting(
+                reason,
+                "Back-off pulling image \"docker.io/headscale/headscale:0.29.9\"",
+            ));
+            assert_eq!(why, why::POD_FAILING, "{reason}");
+            assert!(stalled, "{reason}: a person must act");
+            assert!(
+                message.contains("container \"headscale\"")
+                    && message.contains(reason)
+                    && message.contains("docker.io/headscale/headscale:0.29.9"),
+                "{message}"
+            );
+        }
+        // The kubelet's message is cut and kept on one line.
+        let (_, message, _) = failing(&waiting(
+            "CreateContainerConfigError",
+            &format!("secret \"pg\" not found\n{}", "x".repeat(1000)),
+        ));
+        assert!(message.len() < 400 && !message.contains('\n'), "{message}");
+        // Starting is not failing.
+        let (why, _, stalled) = failing(&waiting("ContainerCreating", ""));
+        assert_eq!((why, stalled), (why::POD_NOT_READY, false));
+        // A crash keeps its own reason.
+        let mut crash = waiting("CrashLoopBackOff", "back-off 5m0s");
+        if let Some(cs) = crash
+            .status
+            .as_mut()
+            .and_then(|s| s.container_statuses.as_mut())
+            .and_then(|c| c.first_mut())
+        {
+            cs.last_state = serde_json::from_value(json!({"terminated": {"exitCode": 1}})).ok();
+        }
+        assert_eq!(failing(&crash).0, why::HEADSCALE_FAILED);
+
+        let unschedulable = pod(json!({
+            "metadata": {"name": "hs-0", "annotations": {build::CONFIG_HASH_ANNOTATION: "h"}},
+            "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+                "reason": "Unschedulable", "message": "0/3 nodes are available: 3 Insufficient memory."}]},
+        }));
+        let (why, message, stalled) = failing(&unschedulable);
+        assert_eq!(why, why::POD_FAILING);
+        assert!(stalled);
+        assert!(
+            message.contains("cannot be scheduled: 0/3 nodes are available: 3 Insufficient memory."),
+            "{message}"
+        );
+        // Not scheduled yet, for no stated reason: just not Ready.
+        let pending = pod(json!({
+            "metadata": {"name": "hs-0", "annotations": {build::CONFIG_HASH_ANNOTATION: "h"}},
+            "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False"}]},
+        }));
+        assert_eq!(failing(&pending).0, why::POD_NOT_READY);
     }
 
     #[test]
