@@ -501,6 +501,21 @@ async fn bad_managed_specs_are_refused_and_change_nothing() {
         msg.contains("pg-password") && msg.contains("passwordSecretRef"),
         "{msg}"
     );
+    // A password Headscale would hand the driver broken (it is not quoted): refused,
+    // naming the field and never the value.
+    let secret: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "pg-password"}, "stringData": {"password": "o'brien-pw"}}),
+    )
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let msg = wait_reason(&client, &ns, "pg", "SecretKeyInvalid").await;
+    assert!(
+        msg.contains("passwordSecretRef") && msg.contains("quotes") && !msg.contains("brien"),
+        "{msg}"
+    );
 
     // OIDC whose client secret key is missing.
     let secret: Secret =

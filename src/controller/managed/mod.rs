@@ -191,6 +191,7 @@ pub async fn reconcile(
             &pg.password_secret_ref.name,
             &pg.password_secret_ref.key,
             "spec.managed.database.postgres.passwordSecretRef",
+            SecretRule::PostgresPassword,
         )
         .await?
         {
@@ -204,6 +205,7 @@ pub async fn reconcile(
             &oidc.client_secret_ref.name,
             &oidc.client_secret_ref.key,
             "spec.managed.oidc.clientSecretRef",
+            SecretRule::OidcClientSecret,
         )
         .await?
         {
@@ -540,12 +542,42 @@ pub fn api_key_status(secret: &Secret) -> Option<ApiKeyStatus> {
     (id.is_some() || expiration.is_some()).then_some(ApiKeyStatus { id, expiration })
 }
 
-/// A referenced Secret's value, or why there is none (naming the field, never the value).
+/// What a Secret value the pod reads may hold, by what reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretRule {
+    /// Headscale appends `password=VALUE` to the driver's key=value string unquoted
+    /// (surrounding whitespace is skipped by the driver, so the trimmed value counts).
+    PostgresPassword,
+    /// Headscale reads the file and trims it; the value goes to the identity provider
+    /// as it is.
+    OidcClientSecret,
+}
+
+/// The rule a Secret value breaks (the rule, never the value), or `None`. Pure.
+pub fn check_secret_value(rule: SecretRule, value: &str) -> Option<&'static str> {
+    let broken = match rule {
+        SecretRule::PostgresPassword => value
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "'\"\\".contains(c)),
+        SecretRule::OidcClientSecret => value.chars().any(char::is_control),
+    };
+    broken.then_some(match rule {
+        SecretRule::PostgresPassword => {
+            "a Postgres password must not contain spaces, quotes (' or \") or backslashes: Headscale passes it to \
+             the driver unquoted"
+        }
+        SecretRule::OidcClientSecret => "an OIDC client secret must be one line without control characters",
+    })
+}
+
+/// A referenced Secret's value, or why there is none or it cannot be used (naming the
+/// field and the rule, never the value).
 async fn secret_value(
     secrets: &Api<Secret>,
     name: &str,
     key: &str,
     field: &str,
+    rule: SecretRule,
 ) -> Result<Result<SecretString, Outcome>, Error> {
     let secret = match secrets.get_opt(name).await {
         Ok(s) => s,
@@ -557,17 +589,35 @@ async fn secret_value(
         }
         Err(e) => return Err(kube_err(format!("reading Secret {name}"))(e)),
     };
-    Ok(
-        super::connect::read_key(secret.as_ref(), name, key).map_err(|o| match o {
-            Outcome::NotReady {
-                reason,
-                message,
-                stalled: s,
-                ..
-            } => Outcome::not_ready(reason, format!("{message} ({field})"), s),
-            other => other,
-        }),
-    )
+    Ok(secret_use(secret.as_ref(), name, key, field, rule))
+}
+
+/// The value of a referenced Secret the pod reads, or why it cannot be used: missing,
+/// empty, or breaking `rule` (`SecretKeyInvalid`, stalled). Messages name the Secret,
+/// the key and the field, never the value. Pure.
+pub fn secret_use(
+    secret: Option<&Secret>,
+    name: &str,
+    key: &str,
+    field: &str,
+    rule: SecretRule,
+) -> Result<SecretString, Outcome> {
+    let value = super::connect::read_value(secret, name, key).map_err(|o| match o {
+        Outcome::NotReady {
+            reason,
+            message,
+            stalled: s,
+            ..
+        } => Outcome::not_ready(reason, format!("{message} ({field})"), s),
+        other => other,
+    });
+    value.and_then(|v| match check_secret_value(rule, v.expose()) {
+        None => Ok(v),
+        Some(why) => Err(stalled(
+            reason::SECRET_KEY_INVALID,
+            format!("Secret {name:?} key {key:?} ({field}) cannot be used: {why} (nothing was applied)"),
+        )),
+    })
 }
 
 const UNCHANGED: &str = " (nothing was changed: the running server keeps its config)";
@@ -1372,6 +1422,79 @@ mod tests {
             "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False"}]},
         }));
         assert_eq!(failing(&pending).0, why::POD_NOT_READY);
+    }
+
+    #[test]
+    fn secret_values_are_checked_by_what_reads_them() {
+        use SecretRule::*;
+        assert_eq!(check_secret_value(PostgresPassword, "s3cr3t-P@ss_w0rd=!%"), None);
+        assert_eq!(check_secret_value(PostgresPassword, "pässwörd"), None);
+        for bad in [
+            "it's",
+            "say\"hi\"",
+            "back\\slash",
+            "two words",
+            "tab\there",
+            "nl\ninside",
+        ] {
+            let why = check_secret_value(PostgresPassword, bad).unwrap_or_else(|| panic!("{bad:?} passed"));
+            assert!(
+                why.contains("Postgres password") && why.contains("unquoted"),
+                "{why}"
+            );
+            assert!(!why.contains(bad), "the value leaked: {why}");
+        }
+        assert_eq!(check_secret_value(OidcClientSecret, "a b'c\\d\"é"), None);
+        assert!(check_secret_value(OidcClientSecret, "line\nbreak").is_some());
+
+        // In status: SecretKeyInvalid, stalled, naming the Secret, key and field.
+        let field = "spec.managed.database.postgres.passwordSecretRef";
+        let secret = |v: &str| -> Secret {
+            serde_json::from_value(json!({"metadata": {"name": "pg"}, "stringData": {"password": v}}))
+                .unwrap()
+        };
+        match secret_use(
+            Some(&secret("hunter'2")),
+            "pg",
+            "password",
+            field,
+            PostgresPassword,
+        ) {
+            Err(Outcome::NotReady {
+                reason,
+                message,
+                stalled,
+                ..
+            }) => {
+                assert_eq!(reason, "SecretKeyInvalid");
+                assert!(stalled);
+                assert!(
+                    message.contains("\"pg\"") && message.contains("\"password\"") && message.contains(field),
+                    "{message}"
+                );
+                assert!(!message.contains("hunter"), "the value leaked: {message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A trailing newline (`kubectl create secret --from-file`) is not part of it.
+        let ok = secret_use(
+            Some(&secret("hunter2\n")),
+            "pg",
+            "password",
+            field,
+            PostgresPassword,
+        );
+        assert_eq!(
+            ok.map(|v| v.expose().to_string()).ok().as_deref(),
+            Some("hunter2")
+        );
+        match secret_use(None, "pg", "password", field, PostgresPassword) {
+            Err(Outcome::NotReady { reason, message, .. }) => {
+                assert_eq!(reason, "SecretNotFound");
+                assert!(message.contains(field), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
