@@ -605,6 +605,20 @@ async fn bad_managed_specs_are_refused_and_change_nothing() {
     .await;
     let msg = wait_reason(&client, &ns, "keys", "InvalidSpec").await;
     assert!(msg.contains("rotateBefore"), "{msg}");
+    // A lifetime beyond any rotation schedule (the keyholder once exited on it).
+    create_server(
+        &client,
+        managed(
+            "forever",
+            &ns,
+            "0.29.2",
+            &class,
+            json!({"apiKey": {"lifetime": "5000000000s"}}),
+        ),
+    )
+    .await;
+    let msg = wait_reason(&client, &ns, "forever", "InvalidSpec").await;
+    assert!(msg.contains("at most 3650d"), "{msg}");
 
     // A resource quantity the API server cannot parse: the whole change is refused by
     // the dry run, so the running server's ConfigMap is not rewritten either.

@@ -655,6 +655,11 @@ pub fn check_api_key_spec(spec: &ManagedSpec) -> Option<String> {
     let before = render::validate::parse_duration(&spec.api_key.rotate_before);
     match (lifetime, before) {
         (Some(l), _) if l.is_zero() => Some("spec.managed.apiKey.lifetime must be longer than 0".into()),
+        (Some(l), _) if l > crate::keyholder::MAX_KEY_LIFETIME => Some(format!(
+            "spec.managed.apiKey.lifetime ({}) must be at most {} (10 years)",
+            spec.api_key.lifetime,
+            crate::keyholder::MAX_KEY_LIFETIME_TEXT
+        )),
         (Some(l), Some(b)) if b >= l => Some(format!(
             "spec.managed.apiKey.rotateBefore ({}) must be shorter than apiKey.lifetime ({}): every key would need \
              rotating as soon as it is minted",
@@ -1495,6 +1500,34 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn api_key_durations_are_bounded_before_the_keyholder_sees_them() {
+        let spec = |lifetime: &str, rotate_before: &str| -> ManagedSpec {
+            serde_json::from_value(json!({"version": "0.29.2", "serverUrl": "https://hs.example.com",
+                "apiKey": {"lifetime": lifetime, "rotateBefore": rotate_before}}))
+            .unwrap()
+        };
+        assert_eq!(check_api_key_spec(&spec("90d", "30d")), None);
+        assert_eq!(check_api_key_spec(&spec("3650d", "30d")), None);
+        // Parsed by the keyholder too (it once exited above u32::MAX seconds), but far
+        // beyond any rotation schedule.
+        for long in ["5000000000s", "3651d", "522w"] {
+            let problem = check_api_key_spec(&spec(long, "30d")).unwrap_or_else(|| panic!("{long} passed"));
+            assert!(problem.contains("at most 3650d"), "{problem}");
+        }
+        assert!(check_api_key_spec(&spec("0", "0")).is_some());
+        assert!(
+            check_api_key_spec(&spec("1d", "30d"))
+                .unwrap()
+                .contains("rotateBefore")
+        );
+        assert!(
+            check_api_key_spec(&spec("99999999999999999999s", "30d"))
+                .unwrap()
+                .contains("durations such as")
+        );
     }
 
     #[test]
