@@ -386,6 +386,98 @@ async fn a_crash_looping_pod_is_still_replaced_when_the_spec_is_fixed() {
 }
 
 #[tokio::test]
+async fn a_statefulset_from_before_parallel_keeps_working_and_is_made_parallel_when_recreated() {
+    let client = admin_client().await;
+    let ns = namespace(&client, "legacy").await;
+    let class = volume_for(&client, &ns).await;
+    // Refused at first (nothing applied), so the test can put an OrderedReady StatefulSet
+    // of the server's in place, as an earlier build made it. Its claim makes the server
+    // one that has run, hence the permission for new keys.
+    let hs = create_server(
+        &client,
+        managed(
+            "hs",
+            &ns,
+            "0.29.2",
+            &class,
+            json!({"ephemeralInactivityTimeout": "10s"}),
+        ),
+    )
+    .await;
+    wait_reason(&client, &ns, "hs", "InvalidDuration").await;
+    let labels = json!({"app.kubernetes.io/name": "headscale", "app.kubernetes.io/instance": "hs"});
+    let legacy: StatefulSet = serde_json::from_value(json!({
+        "metadata": {"name": "hs", "labels": labels, "ownerReferences": [{
+            "apiVersion": "headscale.operator.dev/v1alpha1", "kind": "HeadscaleServer", "name": "hs",
+            "uid": hs.uid(), "controller": true}]},
+        "spec": {
+            "replicas": 1, "serviceName": "hs", "podManagementPolicy": "OrderedReady",
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "headscale", "image": "old:1"}]}},
+            "volumeClaimTemplates": [{"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "1Gi"}}, "storageClassName": class}}],
+        },
+    }))
+    .unwrap();
+    let stss = Api::<StatefulSet>::namespaced(client.clone(), &ns);
+    stss.create(&PostParams::default(), &legacy).await.unwrap();
+    patch_server(
+        &client,
+        &ns,
+        "hs",
+        json!({"metadata": {"annotations": {"headscale.operator.dev/regenerate-keys": "true"}},
+            "spec": {"managed": {"ephemeralInactivityTimeout": "30m"}}}),
+    )
+    .await;
+    // The policy is immutable: the StatefulSet keeps it and gets everything else, instead
+    // of every apply being refused.
+    wait_for("the legacy StatefulSet updated", WAIT, || async {
+        let s = stss.get("hs").await.map_err(|e| e.to_string())?;
+        let image = s.spec.template.spec.as_ref().unwrap().containers[0].image.clone();
+        match (s.spec.pod_management_policy.as_deref(), image.as_deref()) {
+            (Some("OrderedReady"), Some("docker.io/headscale/headscale:0.29.2")) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let pod = wait_pod_ready(&client, &ns, "hs-0").await;
+    wait_reason(&client, &ns, "hs", "ApiKeyPending").await;
+
+    // The README's way to the current policy: delete it, orphaning the pod.
+    let old_uid = stss.get("hs").await.unwrap().uid();
+    stss.delete(
+        "hs",
+        &DeleteParams {
+            propagation_policy: Some(kube::api::PropagationPolicy::Orphan),
+            ..DeleteParams::default()
+        },
+    )
+    .await
+    .unwrap();
+    wait_for("the StatefulSet made again, Parallel", WAIT, || async {
+        let s = stss
+            .get_opt("hs")
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("gone")?;
+        if s.uid() != old_uid && s.spec.pod_management_policy.as_deref() == Some("Parallel") {
+            Ok(())
+        } else {
+            Err(format!("{:?} {:?}", s.uid(), s.spec.pod_management_policy))
+        }
+    })
+    .await;
+    wait_reason(&client, &ns, "hs", "ApiKeyPending").await;
+    let now = Api::<Pod>::namespaced(client.clone(), &ns)
+        .get("hs-0")
+        .await
+        .unwrap();
+    assert_eq!(now.uid(), pod.uid(), "the running pod was adopted, not replaced");
+}
+
+#[tokio::test]
 async fn servers_with_one_name_in_two_namespaces_and_two_in_one_do_not_collide() {
     let client = admin_client().await;
     let ns1 = namespace(&client, "multi").await;

@@ -234,6 +234,23 @@ pub async fn reconcile(
         .get_opt(&names.statefulset)
         .await
         .map_err(kube_err("reading StatefulSet"))?;
+    // A StatefulSet being deleted (`kubectl delete --cascade=orphan`, the way to change its
+    // immutable podManagementPolicy) is made again once it is gone, not from its fields.
+    if let Some(sts) = &existing
+        && sts.metadata.deletion_timestamp.is_some()
+    {
+        return Ok((
+            waiting(
+                why::POD_NOT_READY,
+                format!(
+                    "StatefulSet {:?} is being deleted; the operator creates it again once it is gone",
+                    names.statefulset
+                ),
+            )
+            .with_endpoint(&endpoint),
+            extra,
+        ));
+    }
     let settings = build::PodSettings {
         keyholder_image: ctx.settings.keyholder_image.clone(),
     };
@@ -266,9 +283,15 @@ pub async fn reconcile(
     if let Some(obj) = build::ingress(hs, &names, spec) {
         desired.push(Desired::of::<Ingress>(obj));
     }
-    desired.extend([Desired::of::<StatefulSet>(build::statefulset(
-        hs, &names, spec, &inputs,
-    ))]);
+    let mut sts = Desired::of::<StatefulSet>(build::statefulset(hs, &names, spec, &inputs));
+    // A StatefulSet that keeps an older podManagementPolicy is only ever replaced: were it
+    // deleted meanwhile (to be made anew with the current one), an apply would create it
+    // again with the old policy.
+    sts.must_exist = inputs
+        .existing_pod_management_policy
+        .as_deref()
+        .is_some_and(|p| p != build::POD_MANAGEMENT_POLICY);
+    desired.push(sts);
 
     // Preflight, before anything is written: no name is someone else's, and the API
     // server accepts every object that changes (a server-side dry run). A refusal
@@ -280,7 +303,9 @@ pub async fn reconcile(
     for d in desired {
         match d.plan(ctx, hs, ns).await? {
             Plan::Unchanged => {}
-            Plan::Conflict(outcome) => return Ok((outcome.with_endpoint(&endpoint), extra)),
+            Plan::Conflict(outcome) | Plan::Wait(outcome) => {
+                return Ok((outcome.with_endpoint(&endpoint), extra));
+            }
             Plan::Apply(d) => changes.push(d),
         }
     }
@@ -949,11 +974,16 @@ struct Desired {
     /// Replace (PUT) the live object at this resourceVersion instead of applying: fields
     /// someone added are only removed that way (an apply keeps other managers' fields).
     replace_rv: Option<String>,
+    /// Built from the live object's immutable fields: only a live object may be changed
+    /// (replaced), never one created from it.
+    must_exist: bool,
 }
 
 enum Plan {
     Unchanged,
     Conflict(Outcome),
+    /// Changed meanwhile: the next reconcile looks again.
+    Wait(Outcome),
     Apply(Desired),
 }
 
@@ -967,6 +997,7 @@ impl Desired {
             obj,
             hash,
             replace_rv: None,
+            must_exist: false,
         }
     }
 
@@ -1002,6 +1033,15 @@ impl Desired {
             .await
             .map_err(kube_err(format!("reading {} {}", self.kind, self.name)))?
         else {
+            if self.must_exist {
+                return Ok(Plan::Wait(waiting(
+                    why::POD_NOT_READY,
+                    format!(
+                        "{} {:?} was deleted meanwhile; it is made again",
+                        self.kind, self.name
+                    ),
+                )));
+            }
             return Ok(Plan::Apply(self));
         };
         if !owned_by(&live.metadata, hs) {
@@ -1038,6 +1078,12 @@ impl Desired {
                 "repairing a change made outside the operator"
             );
         }
+        if self.must_exist {
+            return Ok(Plan::Apply(Desired {
+                replace_rv: live_obj.metadata.resource_version.clone(),
+                ..self
+            }));
+        }
         Ok(Plan::Apply(self))
     }
 
@@ -1065,8 +1111,11 @@ impl Desired {
         };
         match result {
             Ok(()) => Ok(Ok(())),
-            // Replaced meanwhile: the watch brings the next reconcile, which looks again.
-            Err(kube::Error::Api(s)) if self.replace_rv.is_some() && s.code == 409 => Ok(Ok(())),
+            // Replaced or deleted meanwhile: the watch brings the next reconcile, which
+            // looks again (a replace never creates).
+            Err(kube::Error::Api(s)) if self.replace_rv.is_some() && matches!(s.code, 404 | 409) => {
+                Ok(Ok(()))
+            }
             // A dry run of an object that refers to another one of this change (a
             // RoleBinding to the Role not created yet) cannot be judged now.
             Err(kube::Error::Api(s)) if dry_run && s.code == 404 => Ok(Ok(())),
