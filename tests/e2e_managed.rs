@@ -740,6 +740,45 @@ async fn bad_managed_specs_are_refused_and_change_nothing() {
         "half of a refused change was applied"
     );
 
+    // A new server whose first change is refused has not run: once fixed it gets its keys
+    // (a refused apply once recorded a config hash, and the server then counted as one
+    // that had lost its keys).
+    create_server(
+        &client,
+        managed(
+            "fresh",
+            &ns,
+            "0.29.2",
+            &class,
+            json!({"pod": {"resources": {"limits": {"memory": "banana"}}}}),
+        ),
+    )
+    .await;
+    wait_reason(&client, &ns, "fresh", "ApplyRejected").await;
+    let status = Api::<HeadscaleServer>::namespaced(client.clone(), &ns)
+        .get("fresh")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(status.config_hash, None, "nothing was applied");
+    patch_server(
+        &client,
+        &ns,
+        "fresh",
+        json!({"spec": {"managed": {"pod": {"resources": null}}}}),
+    )
+    .await;
+    // (The namespace's one volume is taken, so it waits for one, with its keys made.)
+    wait_reason(&client, &ns, "fresh", "VolumePending").await;
+    assert!(
+        Api::<Secret>::namespaced(client.clone(), &ns)
+            .get_opt("fresh-keys")
+            .await
+            .unwrap()
+            .is_some()
+    );
+
     // Names another object already has are not taken over.
     let cm: ConfigMap =
         serde_json::from_value(json!({"metadata": {"name": "taken-config"}, "data": {"x": "y"}})).unwrap();

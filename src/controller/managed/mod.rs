@@ -227,7 +227,6 @@ pub async fn reconcile(
     all.push(0);
     all.extend(&hashed);
     let config_hash = sha256_hex(&all);
-    extra.config_hash = Some(config_hash.clone());
 
     let sts_api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
     let existing = sts_api
@@ -349,6 +348,9 @@ pub async fn reconcile(
     if let Some(d) = extra.dns.as_mut() {
         d.applied = true;
     }
+    // Only once applied: a config in status means the server has run (see `keys`), and a
+    // refused first apply must not make a new server one that lost its keys.
+    extra.config_hash = Some(config_hash.clone());
 
     // Observe: the API key first (status shows it even while the pod restarts).
     let key_secret = secrets
