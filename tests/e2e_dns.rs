@@ -109,6 +109,16 @@ async fn sts_generation(client: &Client, ns: &str) -> i64 {
         .unwrap()
 }
 
+/// A DnsConfig's `status.leakProtection`.
+async fn dns_leak_protection(client: &Client, ns: &str, name: &str) -> Option<bool> {
+    Api::<DnsConfig>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.leak_protection)
+}
+
 async fn server(client: &Client, ns: &str) -> HeadscaleServer {
     Api::<HeadscaleServer>::namespaced(client.clone(), ns)
         .get("hs")
@@ -273,6 +283,8 @@ async fn a_refused_dns_config_changes_nothing_and_says_why() {
         msg.contains("nothing was changed") && msg.contains("generation 1"),
         "{msg}"
     );
+    // Its spec would protect, but it is not what clients get.
+    assert_eq!(dns_leak_protection(&client, &ns, "dns").await, Some(false));
     // A duplicate record (the schema cannot tell; the controller does).
     let dup = json!({"name": "grafana.ts.example.net", "type": "A", "value": "100.64.0.10"});
     patch_dns(
@@ -345,6 +357,11 @@ async fn a_refused_dns_config_changes_nothing_and_says_why() {
         msg.contains("\"dns\"") && msg.contains("Nothing of this DnsConfig is applied"),
         "{msg}"
     );
+    assert_eq!(
+        dns_leak_protection(&client, &ns, "dns-2").await,
+        Some(false),
+        "a DnsConfig not in force protects nobody"
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(child_versions(&client, &ns, "hs").await, before);
 
@@ -363,6 +380,7 @@ async fn a_refused_dns_config_changes_nothing_and_says_why() {
         .await
         .unwrap();
     wait_dns(&client, &ns, "dns-2", "Applied").await;
+    assert_eq!(dns_leak_protection(&client, &ns, "dns-2").await, Some(true));
     wait_records(&client, &ns, "other.ts.example.net").await;
     let events: Vec<String> = events(&client, &ns)
         .await

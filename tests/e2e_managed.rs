@@ -143,6 +143,34 @@ async fn a_managed_server_gets_its_children_and_a_ready_pod() {
         .await
         .unwrap();
     assert_eq!(pvc.status.unwrap().phase.as_deref(), Some("Bound"));
+
+    // The keys follow the volume's fate on every change of deleteOnServerDeletion, not
+    // only when they are created; the keys themselves are never rewritten.
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
+    for (delete, owned) in [(true, true), (false, false)] {
+        patch_server(
+            &client,
+            &ns,
+            "hs",
+            json!({"spec": {"managed": {"database": {"sqlite": {"deleteOnServerDeletion": delete}}}}}),
+        )
+        .await;
+        wait_for(
+            &format!("keys Secret owned by the server: {owned}"),
+            WAIT,
+            || async {
+                let s = secrets.get("hs-keys").await.map_err(|e| e.to_string())?;
+                if owned_by(&s.metadata, &hs) == owned {
+                    Ok(())
+                } else {
+                    Err(format!("{:?}", s.metadata.owner_references))
+                }
+            },
+        )
+        .await;
+        let now = secrets.get("hs-keys").await.unwrap();
+        assert_eq!(now.data, keys.data, "the keys were rewritten");
+    }
     Api::<HeadscaleServer>::namespaced(client.clone(), &ns)
         .delete("hs", &DeleteParams::foreground())
         .await
@@ -254,6 +282,199 @@ async fn a_spec_change_rolls_the_pod_once_and_an_idle_resync_writes_nothing() {
         sts_api.get("hs").await.unwrap().metadata.generation.unwrap(),
         gen_before + 1
     );
+}
+
+#[tokio::test]
+async fn a_crash_looping_pod_is_still_replaced_when_the_spec_is_fixed() {
+    let client = admin_client().await;
+    let ns = namespace(&client, "crashloop").await;
+    let class = volume_for(&client, &ns).await;
+    create_server(&client, managed("hs", &ns, "0.29.2", &class, json!({}))).await;
+    let first = wait_pod_ready(&client, &ns, "hs-0").await;
+    let sts = Api::<StatefulSet>::namespaced(client.clone(), &ns)
+        .get("hs")
+        .await
+        .unwrap();
+    assert_eq!(sts.spec.pod_management_policy.as_deref(), Some("Parallel"));
+
+    // KWOK runs no containers, so the test writes what the kubelet would (kwok's stages
+    // only act on Pending pods): the headscale container in `headscale`, the pod not Ready.
+    let set_headscale = |headscale: serde_json::Value| {
+        let statuses: Vec<_> = first
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers
+            .iter()
+            .map(|c| {
+                let mut s = json!({"name": c.name, "image": c.image, "imageID": "", "ready": false,
+                    "restartCount": 4, "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}});
+                if c.name == "headscale"
+                    && let Some(fields) = headscale.as_object()
+                {
+                    for (k, v) in fields {
+                        s[k] = v.clone();
+                    }
+                }
+                s
+            })
+            .collect();
+        let client = client.clone();
+        let ns = ns.clone();
+        async move {
+            Api::<Pod>::namespaced(client, &ns)
+                .patch_status(
+                    "hs-0",
+                    &PatchParams::default(),
+                    &Patch::Strategic(json!({"status": {
+                        "conditions": [
+                            {"type": "Ready", "status": "False", "reason": "ContainersNotReady"},
+                            {"type": "ContainersReady", "status": "False", "reason": "ContainersNotReady"},
+                        ],
+                        "containerStatuses": statuses,
+                    }})),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    // An image that cannot be pulled needs a person, and status says which and why.
+    set_headscale(json!({"state": {"waiting": {"reason": "ImagePullBackOff",
+        "message": "Back-off pulling image \"docker.io/headscale/headscale:0.29.2\""}}}))
+    .await;
+    let msg = wait_reason(&client, &ns, "hs", "PodFailing").await;
+    assert!(
+        msg.contains("\"headscale\"")
+            && msg.contains("ImagePullBackOff")
+            && msg.contains("docker.io/headscale/headscale:0.29.2"),
+        "{msg}"
+    );
+    // Headscale exits at start (as with an OIDC issuer it cannot reach).
+    set_headscale(
+        json!({"state": {"waiting": {"reason": "CrashLoopBackOff", "message": null}},
+        "lastState": {"terminated": {"exitCode": 1,
+            "message": "{\"level\":\"fatal\",\"message\":\"creating OIDC provider\"}"}}}),
+    )
+    .await;
+    let msg = wait_reason(&client, &ns, "hs", "HeadscaleFailed").await;
+    assert!(msg.contains("creating OIDC provider"), "{msg}");
+
+    // The fix (any change of the rendered config): the StatefulSet replaces the pod
+    // that is not Ready (with OrderedReady it would wait for it forever).
+    patch_server(
+        &client,
+        &ns,
+        "hs",
+        json!({"spec": {"managed": {"logging": {"level": "debug"}}}}),
+    )
+    .await;
+    wait_for("the not-Ready pod replaced", WAIT, || async {
+        let p = Api::<Pod>::namespaced(client.clone(), &ns)
+            .get_opt("hs-0")
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("no pod")?;
+        if p.uid() != first.uid() {
+            Ok(())
+        } else {
+            Err("the same pod".to_string())
+        }
+    })
+    .await;
+    wait_pod_ready(&client, &ns, "hs-0").await;
+    wait_reason(&client, &ns, "hs", "ApiKeyPending").await;
+}
+
+#[tokio::test]
+async fn a_statefulset_from_before_parallel_keeps_working_and_is_made_parallel_when_recreated() {
+    let client = admin_client().await;
+    let ns = namespace(&client, "legacy").await;
+    let class = volume_for(&client, &ns).await;
+    // Refused at first (nothing applied), so the test can put an OrderedReady StatefulSet
+    // of the server's in place, as an earlier build made it. Its claim makes the server
+    // one that has run, hence the permission for new keys.
+    let hs = create_server(
+        &client,
+        managed(
+            "hs",
+            &ns,
+            "0.29.2",
+            &class,
+            json!({"ephemeralInactivityTimeout": "10s"}),
+        ),
+    )
+    .await;
+    wait_reason(&client, &ns, "hs", "InvalidDuration").await;
+    let labels = json!({"app.kubernetes.io/name": "headscale", "app.kubernetes.io/instance": "hs"});
+    let legacy: StatefulSet = serde_json::from_value(json!({
+        "metadata": {"name": "hs", "labels": labels, "ownerReferences": [{
+            "apiVersion": "headscale.operator.dev/v1alpha1", "kind": "HeadscaleServer", "name": "hs",
+            "uid": hs.uid(), "controller": true}]},
+        "spec": {
+            "replicas": 1, "serviceName": "hs", "podManagementPolicy": "OrderedReady",
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "headscale", "image": "old:1"}]}},
+            "volumeClaimTemplates": [{"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "1Gi"}}, "storageClassName": class}}],
+        },
+    }))
+    .unwrap();
+    let stss = Api::<StatefulSet>::namespaced(client.clone(), &ns);
+    stss.create(&PostParams::default(), &legacy).await.unwrap();
+    patch_server(
+        &client,
+        &ns,
+        "hs",
+        json!({"metadata": {"annotations": {"headscale.operator.dev/regenerate-keys": "true"}},
+            "spec": {"managed": {"ephemeralInactivityTimeout": "30m"}}}),
+    )
+    .await;
+    // The policy is immutable: the StatefulSet keeps it and gets everything else, instead
+    // of every apply being refused.
+    wait_for("the legacy StatefulSet updated", WAIT, || async {
+        let s = stss.get("hs").await.map_err(|e| e.to_string())?;
+        let image = s.spec.template.spec.as_ref().unwrap().containers[0].image.clone();
+        match (s.spec.pod_management_policy.as_deref(), image.as_deref()) {
+            (Some("OrderedReady"), Some("docker.io/headscale/headscale:0.29.2")) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let pod = wait_pod_ready(&client, &ns, "hs-0").await;
+    wait_reason(&client, &ns, "hs", "ApiKeyPending").await;
+
+    // The README's way to the current policy: delete it, orphaning the pod.
+    let old_uid = stss.get("hs").await.unwrap().uid();
+    stss.delete(
+        "hs",
+        &DeleteParams {
+            propagation_policy: Some(kube::api::PropagationPolicy::Orphan),
+            ..DeleteParams::default()
+        },
+    )
+    .await
+    .unwrap();
+    wait_for("the StatefulSet made again, Parallel", WAIT, || async {
+        let s = stss
+            .get_opt("hs")
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("gone")?;
+        if s.uid() != old_uid && s.spec.pod_management_policy.as_deref() == Some("Parallel") {
+            Ok(())
+        } else {
+            Err(format!("{:?} {:?}", s.uid(), s.spec.pod_management_policy))
+        }
+    })
+    .await;
+    wait_reason(&client, &ns, "hs", "ApiKeyPending").await;
+    let now = Api::<Pod>::namespaced(client.clone(), &ns)
+        .get("hs-0")
+        .await
+        .unwrap();
+    assert_eq!(now.uid(), pod.uid(), "the running pod was adopted, not replaced");
 }
 
 #[tokio::test]
@@ -372,6 +593,21 @@ async fn bad_managed_specs_are_refused_and_change_nothing() {
         msg.contains("pg-password") && msg.contains("passwordSecretRef"),
         "{msg}"
     );
+    // A password Headscale would hand the driver broken (it is not quoted): refused,
+    // naming the field and never the value.
+    let secret: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "pg-password"}, "stringData": {"password": "o'brien-pw"}}),
+    )
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let msg = wait_reason(&client, &ns, "pg", "SecretKeyInvalid").await;
+    assert!(
+        msg.contains("passwordSecretRef") && msg.contains("quotes") && !msg.contains("brien"),
+        "{msg}"
+    );
 
     // OIDC whose client secret key is missing.
     let secret: Secret =
@@ -461,6 +697,20 @@ async fn bad_managed_specs_are_refused_and_change_nothing() {
     .await;
     let msg = wait_reason(&client, &ns, "keys", "InvalidSpec").await;
     assert!(msg.contains("rotateBefore"), "{msg}");
+    // A lifetime beyond any rotation schedule (the keyholder once exited on it).
+    create_server(
+        &client,
+        managed(
+            "forever",
+            &ns,
+            "0.29.2",
+            &class,
+            json!({"apiKey": {"lifetime": "5000000000s"}}),
+        ),
+    )
+    .await;
+    let msg = wait_reason(&client, &ns, "forever", "InvalidSpec").await;
+    assert!(msg.contains("at most 3650d"), "{msg}");
 
     // A resource quantity the API server cannot parse: the whole change is refused by
     // the dry run, so the running server's ConfigMap is not rewritten either.
@@ -488,6 +738,45 @@ async fn bad_managed_specs_are_refused_and_change_nothing() {
     assert_eq!(
         cm_after.data, cm_before.data,
         "half of a refused change was applied"
+    );
+
+    // A new server whose first change is refused has not run: once fixed it gets its keys
+    // (a refused apply once recorded a config hash, and the server then counted as one
+    // that had lost its keys).
+    create_server(
+        &client,
+        managed(
+            "fresh",
+            &ns,
+            "0.29.2",
+            &class,
+            json!({"pod": {"resources": {"limits": {"memory": "banana"}}}}),
+        ),
+    )
+    .await;
+    wait_reason(&client, &ns, "fresh", "ApplyRejected").await;
+    let status = Api::<HeadscaleServer>::namespaced(client.clone(), &ns)
+        .get("fresh")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(status.config_hash, None, "nothing was applied");
+    patch_server(
+        &client,
+        &ns,
+        "fresh",
+        json!({"spec": {"managed": {"pod": {"resources": null}}}}),
+    )
+    .await;
+    // (The namespace's one volume is taken, so it waits for one, with its keys made.)
+    wait_reason(&client, &ns, "fresh", "VolumePending").await;
+    assert!(
+        Api::<Secret>::namespaced(client.clone(), &ns)
+            .get_opt("fresh-keys")
+            .await
+            .unwrap()
+            .is_some()
     );
 
     // Names another object already has are not taken over.

@@ -23,7 +23,7 @@ use super::common::{ServerRef, conditions_schema};
     category = "headscale",
     printcolumn = r#"{"name":"Server","type":"string","jsonPath":".spec.serverRef.name"}"#,
     printcolumn = r#"{"name":"MagicDNS","type":"boolean","jsonPath":".spec.magicDns"}"#,
-    printcolumn = r#"{"name":"LeakProtection","type":"boolean","jsonPath":".status.leakProtection","description":"overrideLocalDns on with global resolvers: clients do not fall back to the local network's DNS"}"#,
+    printcolumn = r#"{"name":"LeakProtection","type":"boolean","jsonPath":".status.leakProtection","description":"in force, with overrideLocalDns and global resolvers: clients do not fall back to the local network's DNS"}"#,
     printcolumn = r#"{"name":"Records","type":"integer","priority":1,"jsonPath":".status.extraRecords"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
@@ -127,8 +127,10 @@ pub struct DnsConfigStatus {
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
     /// Whether this configuration keeps clients' DNS queries on the tailnet's
-    /// resolvers: `overrideLocalDns` on and at least one global nameserver. Off means
-    /// nodes may keep asking whatever resolver their local network hands out.
+    /// resolvers: it is in force and applied, with `overrideLocalDns` on and at least
+    /// one global nameserver. False for one that conflicts, is refused or is not
+    /// applied, whatever its spec says. Off means nodes may keep asking whatever
+    /// resolver their local network hands out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leak_protection: Option<bool>,
     /// Number of extra records in the server's records file from this configuration

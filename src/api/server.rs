@@ -518,7 +518,7 @@ pub enum UpgradePolicy {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ApiKeySpec {
-    /// Lifetime of each key the operator mints.
+    /// Lifetime of each key the operator mints; at most 3650d (10 years).
     #[serde(default = "default_key_lifetime")]
     #[schemars(regex(pattern = r"^(0|([0-9]+(ms|s|m|h|d|w))+)$"))]
     pub lifetime: String,

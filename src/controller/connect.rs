@@ -145,6 +145,26 @@ impl Observer for CountRequests {
 /// The API key from a Secret, or the outcome that explains why there is none.
 /// The outcome's message names the Secret and key, never the value.
 pub fn read_key(secret: Option<&Secret>, name: &str, key: &str) -> Result<SecretString, Outcome> {
+    let value = read_value(secret, name, key)?;
+    // An API key travels in an HTTP header: only visible ASCII can go there. Saying so
+    // beats a transport error that looks like an outage.
+    if !value.expose().bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Outcome::not_ready(
+            reason::SECRET_KEY_INVALID,
+            format!(
+                "Secret {name:?} key {key:?} holds characters an API key cannot have (spaces, control characters or \
+                 non-ASCII)"
+            ),
+            true,
+        ));
+    }
+    Ok(value)
+}
+
+/// A Secret's value, trimmed, or the outcome that explains why there is none (missing,
+/// empty, not UTF-8). What the value may hold is the caller's rule. The outcome's
+/// message names the Secret and key, never the value.
+pub fn read_value(secret: Option<&Secret>, name: &str, key: &str) -> Result<SecretString, Outcome> {
     let Some(secret) = secret else {
         return Err(Outcome::not_ready(
             reason::SECRET_NOT_FOUND,
@@ -205,13 +225,6 @@ pub fn read_key(secret: Option<&Secret>, name: &str, key: &str) -> Result<Secret
     let trimmed = text.trim();
     if trimmed.is_empty() {
         return Err(missing("is empty"));
-    }
-    // An API key travels in an HTTP header: only visible ASCII can go there. Saying so
-    // beats a transport error that looks like an outage.
-    if !trimmed.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(invalid(
-            "holds characters an API key cannot have (spaces, control characters or non-ASCII)",
-        ));
     }
     Ok(SecretString::new(trimmed))
 }

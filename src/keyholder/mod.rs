@@ -36,8 +36,10 @@ use k8s_openapi::api::rbac::v1::PolicyRule;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, Patch, PatchParams, WatchEvent, WatchParams};
 
-use crate::controller::nodes::rules::{format_duration, parse_duration};
+use crate::controller::nodes::rules::format_duration;
+// The operator's parser: what it accepts in `spec.managed.apiKey`, the keyholder accepts.
 use crate::headscale::{ApiKey, ApiKeyId, NewApiKey, Version};
+use crate::render::parse_duration;
 use crate::secret::SecretString;
 use crate::telemetry::LogFormat;
 use decide::{Plan, Policy, SecretState};
@@ -73,6 +75,12 @@ pub const CONTAINER_NAME: &str = "keyholder";
 pub const PROBE_PORT: u16 = 8081;
 /// The field manager of the keyholder's writes to its Secret.
 pub const FIELD_MANAGER: &str = "headscale-operator/keyholder";
+
+/// The longest `--key-lifetime` (and `spec.managed.apiKey.lifetime`): 10 years. A key
+/// that outlives any rotation schedule is as good as one without an expiration.
+pub const MAX_KEY_LIFETIME: Duration = Duration::from_secs(3650 * 86_400);
+/// [`MAX_KEY_LIFETIME`] as the spec writes it.
+pub const MAX_KEY_LIFETIME_TEXT: &str = "3650d";
 
 const DEFAULT_INTERVAL: &str = "30s";
 const DEFAULT_GRACE: &str = "10m";
@@ -323,6 +331,12 @@ impl Settings {
             return invalid(format!(
                 "--rotate-before ({}) must be shorter than --key-lifetime ({}), or every key would be replaced at once",
                 format_duration(args.rotate_before),
+                format_duration(args.key_lifetime)
+            ));
+        }
+        if args.key_lifetime > MAX_KEY_LIFETIME {
+            return invalid(format!(
+                "--key-lifetime ({}) must be at most {MAX_KEY_LIFETIME_TEXT} (10 years)",
                 format_duration(args.key_lifetime)
             ));
         }
@@ -767,10 +781,13 @@ mod tests {
         };
         assert!(Settings::from_args(&base).is_ok());
         type Edit = fn(&mut Args);
-        let cases: [(&str, Edit); 5] = [
+        let cases: [(&str, Edit); 6] = [
             ("not a version", |a| a.headscale_version = "latest".into()),
             ("0.28 and newer", |a| a.headscale_version = "0.27.1".into()),
             ("must be shorter", |a| a.rotate_before = a.key_lifetime),
+            ("at most 3650d", |a| {
+                a.key_lifetime = MAX_KEY_LIFETIME + Duration::from_secs(1)
+            }),
             ("must not be empty", |a| a.namespace.clear()),
             ("at least 1s", |a| a.interval = Duration::from_millis(500)),
         ];
@@ -786,6 +803,48 @@ mod tests {
                 .unwrap_err()
                 .contains("not a duration")
         );
+    }
+
+    /// What the operator's validation accepts, the keyholder parses the same (it once
+    /// failed above u32::MAX seconds and exited on a spec the operator had accepted).
+    #[test]
+    fn durations_parse_as_the_operator_parses_them() {
+        for s in [
+            "90d",
+            "1h30m",
+            "500ms",
+            "0",
+            "2w",
+            "5000000000s",
+            "4294967296s",
+            "3650d",
+            "",
+            "d",
+            "5x",
+            "99999999999999999999s",
+        ] {
+            assert_eq!(duration_arg(s).ok(), crate::render::parse_duration(s), "{s:?}");
+        }
+        assert_eq!(
+            crate::render::parse_duration(MAX_KEY_LIFETIME_TEXT),
+            Some(MAX_KEY_LIFETIME)
+        );
+        let mut args = Args {
+            socket: SOCKET_PATH.into(),
+            secret: "s".into(),
+            namespace: "ns".into(),
+            headscale_version: "0.29.2".into(),
+            key_lifetime: MAX_KEY_LIFETIME,
+            rotate_before: Duration::from_secs(30 * 86_400),
+            interval: Duration::from_secs(30),
+            previous_key_grace: Duration::from_secs(600),
+            probe_addr: None,
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+        };
+        assert!(Settings::from_args(&args).is_ok(), "10 years is allowed");
+        args.key_lifetime = duration_arg("5000000000s").unwrap();
+        assert!(Settings::from_args(&args).is_err());
     }
 
     #[test]

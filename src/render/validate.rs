@@ -324,7 +324,8 @@ fn check_durations(spec: &ManagedSpec, problems: &mut Vec<Problem>) {
         problems.push(Problem::new(
             reason::INVALID_DURATION,
             format!(
-                "nodeExpiry {:?} is shorter than 1h: nodes would be logged out right after they                  log in; use e.g. 180d, or 0 for never",
+                "nodeExpiry {:?} is shorter than 1h: nodes would be logged out right after they \
+                 log in; use e.g. 180d, or 0 for never",
                 spec.node_expiry
             ),
         ));
@@ -623,6 +624,8 @@ mod tests {
 
     fn assert_refused(p: Problem, reason: &str, words: &[&str]) {
         assert_eq!(p.reason, reason, "{p}");
+        // A string continuation without its backslash leaves a run of spaces.
+        assert!(!p.message.contains("  "), "stray spaces in {:?}", p.message);
         for w in words {
             assert!(p.message.contains(w), "{:?} lacks {w:?}", p.message);
         }

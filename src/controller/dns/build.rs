@@ -159,10 +159,13 @@ pub fn config_status(
     let old = dc.status.clone().unwrap_or_default();
     let generation = dc.metadata.generation;
     let spec = &dc.spec;
+    // Protection is claimed only for DNS clients get: this DnsConfig in force and
+    // applied. A conflicting, refused or pending one protects nobody.
+    let applied = matches!(in_force, Ok(Report::Applied { .. }));
     let mut status = DnsConfigStatus {
         observed_generation: generation,
         conditions: old.conditions.clone(),
-        leak_protection: Some(leak_protection(spec.override_local_dns, &spec.nameservers.global)),
+        leak_protection: Some(applied && leak_protection(spec.override_local_dns, &spec.nameservers.global)),
         extra_records: None,
     };
     let (ok, why, message) = match in_force {
@@ -229,13 +232,11 @@ pub fn config_status(
 pub fn orphan_status(dc: &DnsConfig, now: Timestamp) -> DnsConfigStatus {
     let old = dc.status.clone().unwrap_or_default();
     let generation = dc.metadata.generation;
+    // Applied to no server, it protects nobody.
     let mut status = DnsConfigStatus {
         observed_generation: generation,
         conditions: old.conditions.clone(),
-        leak_protection: Some(leak_protection(
-            dc.spec.override_local_dns,
-            &dc.spec.nameservers.global,
-        )),
+        leak_protection: Some(false),
         extra_records: None,
     };
     conditions::set(
@@ -399,6 +400,7 @@ mod tests {
             (r.status.as_str(), r.reason.as_str()),
             ("False", "DnsConfigConflict")
         );
+        assert_eq!(s.leak_protection, Some(false), "not in force: protects nobody");
         assert!(
             r.message.contains("\"older\"") && r.message.contains("\"hs\""),
             "{}",
@@ -421,17 +423,30 @@ mod tests {
             r.message
         );
         assert_eq!(s.extra_records, None);
+        assert_eq!(s.leak_protection, Some(false), "refused: protects nobody");
 
         let s = config_status(&d, "hs", Ok(&Report::External), now());
         assert_eq!(
             conditions::find(&s.conditions, "Ready").unwrap().reason,
             "ExternalServer"
         );
+        assert_eq!(s.leak_protection, Some(false));
+        let pending = Report::ServerPending {
+            message: "InvalidDuration: ...".into(),
+        };
+        let s = config_status(&d, "hs", Ok(&pending), now());
+        assert_eq!(s.leak_protection, Some(false), "not applied: protects nobody");
         let s = orphan_status(&d, now());
         assert_eq!(
             conditions::find(&s.conditions, "Ready").unwrap().reason,
             "ServerNotFound"
         );
+        assert_eq!(s.leak_protection, Some(false));
+        // Applied, it is what the spec says.
+        let mut open = (*d).clone();
+        open.spec.override_local_dns = false;
+        let s = config_status(&open, "hs", Ok(&Report::Applied { record_count: 1 }), now());
+        assert_eq!(s.leak_protection, Some(false));
 
         // Leak protection needs override and a resolver.
         assert!(!leak_protection(true, &[]));

@@ -60,6 +60,15 @@ pub const CONFIG_HASH_ANNOTATION: &str = "headscale.operator.dev/config-hash";
 /// apply would change nothing, so it is skipped (an idle resync writes nothing).
 pub const APPLIED_HASH_ANNOTATION: &str = "headscale.operator.dev/applied-hash";
 
+/// `Parallel`, not `OrderedReady`: with `OrderedReady` the StatefulSet controller
+/// waits for a pod that is not Running and Ready before it rolls it, so a Headscale
+/// that crash-loops at start (a bad OIDC issuer, an unreachable database) would never
+/// be replaced by the fixed spec (kubernetes/kubernetes#67250). With one replica it is
+/// as safe: the new pod has the old one's name, so it is created only once the old is
+/// gone. The field is immutable, so an existing StatefulSet keeps its own
+/// ([`existing_pod_management_policy`]).
+pub const POD_MANAGEMENT_POLICY: &str = "Parallel";
+
 /// The longest server name: a StatefulSet's name plus the controller-revision-hash
 /// label suffix must fit in 63 characters.
 pub const MAX_NAME_LEN: usize = 52;
@@ -109,6 +118,8 @@ pub struct Inputs<'a> {
     /// The claim templates of the existing StatefulSet: they are immutable, so an
     /// existing StatefulSet keeps its own.
     pub existing_claims: Option<Value>,
+    /// The `podManagementPolicy` of the existing StatefulSet (immutable too).
+    pub existing_pod_management_policy: Option<String>,
     pub settings: &'a PodSettings,
 }
 
@@ -172,6 +183,36 @@ pub fn records_config_map(hs: &HeadscaleServer, names: &Names, records_json: &st
         "metadata": metadata(hs, &names.dns_records, "dns-records"),
         "data": { RECORDS_KEY: records_json },
     })
+}
+
+/// Whether the keys Secret is owned by the server (deleted with it). The keys belong
+/// with the state: kept with the volume (and with a Postgres database, which outlives
+/// the server), deleted with it only when the spec deletes the volume too.
+pub fn keys_owned(spec: &ManagedSpec) -> bool {
+    spec.database.type_ == DatabaseType::Sqlite && spec.database.sqlite.delete_on_server_deletion
+}
+
+/// The patch (metadata only: the keys are never rewritten) that makes an existing keys
+/// Secret's owner references follow [`keys_owned`], or `None` when they do. Other
+/// owners are kept; the write is conditional on the resourceVersion read.
+pub fn keys_owner_patch(meta: &kube::api::ObjectMeta, hs: &HeadscaleServer, owned: bool) -> Option<Value> {
+    let uid = hs.uid()?;
+    let refs = meta.owner_references.clone().unwrap_or_default();
+    if refs.iter().any(|r| r.uid == uid) == owned {
+        return None;
+    }
+    let mut keep: Vec<Value> = refs
+        .iter()
+        .filter(|r| r.uid != uid)
+        .filter_map(|r| serde_json::to_value(r).ok())
+        .collect();
+    if owned && let Value::Array(ours) = owner(hs) {
+        keep.extend(ours);
+    }
+    Some(json!({"metadata": {
+        "resourceVersion": meta.resource_version,
+        "ownerReferences": keep,
+    }}))
 }
 
 /// The generated keys Secret, created once and never overwritten. Owned by the
@@ -454,7 +495,10 @@ pub fn statefulset(hs: &HeadscaleServer, names: &Names, spec: &ManagedSpec, inpu
             // old pod before it starts the new one, so two never run on one database.
             "replicas": 1,
             "serviceName": names.service,
-            "podManagementPolicy": "OrderedReady",
+            "podManagementPolicy": input
+                .existing_pod_management_policy
+                .as_deref()
+                .unwrap_or(POD_MANAGEMENT_POLICY),
             "updateStrategy": {"type": "RollingUpdate"},
             "persistentVolumeClaimRetentionPolicy": {
                 "whenDeleted": if spec.database.sqlite.delete_on_server_deletion { "Delete" } else { "Retain" },
@@ -478,6 +522,17 @@ pub fn keyholder_args(names: &Names, spec: &ManagedSpec) -> Vec<String> {
         key_lifetime: &spec.api_key.lifetime,
         rotate_before: &spec.api_key.rotate_before,
     })
+}
+
+/// The `podManagementPolicy` of an existing StatefulSet, to keep it: the field is
+/// immutable, and applying another would be refused (a StatefulSet made before the
+/// policy was `Parallel` keeps `OrderedReady` until a person recreates it). Absent is
+/// the API server's default, `OrderedReady`.
+pub fn existing_pod_management_policy(sts: &StatefulSet) -> String {
+    sts.spec
+        .pod_management_policy
+        .clone()
+        .unwrap_or_else(|| "OrderedReady".to_string())
 }
 
 /// The claim templates of an existing StatefulSet, to keep them (they are immutable).
@@ -535,6 +590,7 @@ mod tests {
                 config_yaml: "x",
                 config_hash: hash,
                 existing_claims: None,
+                existing_pod_management_policy: None,
                 settings: &settings,
             },
         )
@@ -546,6 +602,8 @@ mod tests {
         let s = sts(&hs, "h1");
         assert_eq!(s["spec"]["replicas"], 1);
         assert_eq!(s["spec"]["updateStrategy"]["type"], "RollingUpdate");
+        // Parallel: a pod that is not Ready (crash-looping) is still rolled.
+        assert_eq!(s["spec"]["podManagementPolicy"], "Parallel");
         assert_eq!(s["metadata"]["ownerReferences"][0]["uid"], "u-1");
         let pod = &s["spec"]["template"]["spec"];
         assert_eq!(pod["automountServiceAccountToken"], false);
@@ -596,6 +654,46 @@ mod tests {
             s["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],
             "1Gi"
         );
+    }
+
+    #[test]
+    fn a_new_statefulset_is_parallel_and_an_existing_one_keeps_its_immutable_policy() {
+        let hs = server(json!({"version": "0.29.2", "serverUrl": "https://hs.example.com"}));
+        assert_eq!(sts(&hs, "h")["spec"]["podManagementPolicy"], "Parallel");
+        let live = |policy: Value| -> StatefulSet {
+            serde_json::from_value(json!({"metadata": {"name": "corp"}, "spec": {
+                "selector": {}, "serviceName": "corp", "template": {},
+                "podManagementPolicy": policy,
+            }}))
+            .unwrap()
+        };
+        assert_eq!(
+            existing_pod_management_policy(&live(json!("Parallel"))),
+            "Parallel"
+        );
+        assert_eq!(
+            existing_pod_management_policy(&live(json!("OrderedReady"))),
+            "OrderedReady"
+        );
+        // Absent is the API server's default.
+        assert_eq!(existing_pod_management_policy(&live(Value::Null)), "OrderedReady");
+        let settings = PodSettings {
+            keyholder_image: "op:1".into(),
+        };
+        let spec = hs.spec.managed.as_ref().unwrap();
+        let kept = statefulset(
+            &hs,
+            &Names::of("corp"),
+            spec,
+            &Inputs {
+                config_yaml: "x",
+                config_hash: "h",
+                existing_claims: None,
+                existing_pod_management_policy: Some("OrderedReady".into()),
+                settings: &settings,
+            },
+        );
+        assert_eq!(kept["spec"]["podManagementPolicy"], "OrderedReady");
     }
 
     #[test]
@@ -683,6 +781,49 @@ mod tests {
         let cm = records_config_map(&hs, &Names::of("corp"), "[]\n");
         assert_eq!(cm["data"][RECORDS_KEY], "[]\n");
         assert_eq!(cm["metadata"]["ownerReferences"][0]["uid"], "u-1");
+    }
+
+    #[test]
+    fn the_keys_secret_is_owned_only_while_the_volume_is_deleted_with_the_server() {
+        let sqlite = |delete: bool| {
+            server(json!({"version": "0.29.2", "serverUrl": "https://hs.example.com",
+                "database": {"sqlite": {"deleteOnServerDeletion": delete}}}))
+        };
+        let postgres = server(json!({"version": "0.29.2", "serverUrl": "https://hs.example.com",
+            "database": {"type": "Postgres", "postgres": {"host": "db", "database": "hs", "user": "hs",
+                "passwordSecretRef": {"name": "pg", "key": "password"}}, "sqlite": {"deleteOnServerDeletion": true}}}));
+        let spec = |hs: &HeadscaleServer| hs.spec.managed.clone().unwrap();
+        assert!(keys_owned(&spec(&sqlite(true))));
+        assert!(!keys_owned(&spec(&sqlite(false))));
+        assert!(
+            !keys_owned(&spec(&postgres)),
+            "a Postgres database outlives the server"
+        );
+
+        let hs = sqlite(false);
+        let meta = |refs: Value| -> kube::api::ObjectMeta {
+            serde_json::from_value(
+                json!({"name": "corp-keys", "resourceVersion": "7", "ownerReferences": refs}),
+            )
+            .unwrap()
+        };
+        let ours = json!({"apiVersion": "headscale.operator.dev/v1alpha1", "kind": "HeadscaleServer",
+            "name": "corp", "uid": "u-1", "controller": true});
+        let theirs = json!({"apiVersion": "v1", "kind": "ConfigMap", "name": "backup", "uid": "b-1"});
+        // Already as the spec says: no write.
+        assert_eq!(keys_owner_patch(&meta(json!([])), &hs, false), None);
+        assert_eq!(keys_owner_patch(&meta(json!([ours])), &hs, true), None);
+        // deleteOnServerDeletion true -> false: the server's reference goes, others stay;
+        // only metadata, conditional on the version read.
+        let p = keys_owner_patch(&meta(json!([ours, theirs])), &hs, false).unwrap();
+        assert_eq!(
+            p,
+            json!({"metadata": {"resourceVersion": "7", "ownerReferences": [theirs]}})
+        );
+        // false -> true: the server's reference is added.
+        let p = keys_owner_patch(&meta(json!([theirs])), &hs, true).unwrap();
+        assert_eq!(p["metadata"]["ownerReferences"], json!([theirs, ours]));
+        assert!(p.get("data").is_none() && p.get("stringData").is_none());
     }
 
     #[test]

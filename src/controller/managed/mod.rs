@@ -61,6 +61,9 @@ pub mod why {
     pub const POD_NOT_READY: &str = "PodNotReady";
     /// Headscale exited; the message has the end of its log.
     pub const HEADSCALE_FAILED: &str = "HeadscaleFailed";
+    /// The pod cannot start without a person: an image that cannot be pulled, a
+    /// container the runtime cannot create, or no node that can take the pod.
+    pub const POD_FAILING: &str = "PodFailing";
     /// The keyholder has not stored an API key yet.
     pub const API_KEY_PENDING: &str = "ApiKeyPending";
     /// The API server refused an object the operator built from the spec.
@@ -188,6 +191,7 @@ pub async fn reconcile(
             &pg.password_secret_ref.name,
             &pg.password_secret_ref.key,
             "spec.managed.database.postgres.passwordSecretRef",
+            SecretRule::PostgresPassword,
         )
         .await?
         {
@@ -201,6 +205,7 @@ pub async fn reconcile(
             &oidc.client_secret_ref.name,
             &oidc.client_secret_ref.key,
             "spec.managed.oidc.clientSecretRef",
+            SecretRule::OidcClientSecret,
         )
         .await?
         {
@@ -222,13 +227,29 @@ pub async fn reconcile(
     all.push(0);
     all.extend(&hashed);
     let config_hash = sha256_hex(&all);
-    extra.config_hash = Some(config_hash.clone());
 
     let sts_api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
     let existing = sts_api
         .get_opt(&names.statefulset)
         .await
         .map_err(kube_err("reading StatefulSet"))?;
+    // A StatefulSet being deleted (`kubectl delete --cascade=orphan`, the way to change its
+    // immutable podManagementPolicy) is made again once it is gone, not from its fields.
+    if let Some(sts) = &existing
+        && sts.metadata.deletion_timestamp.is_some()
+    {
+        return Ok((
+            waiting(
+                why::POD_NOT_READY,
+                format!(
+                    "StatefulSet {:?} is being deleted; the operator creates it again once it is gone",
+                    names.statefulset
+                ),
+            )
+            .with_endpoint(&endpoint),
+            extra,
+        ));
+    }
     let settings = build::PodSettings {
         keyholder_image: ctx.settings.keyholder_image.clone(),
     };
@@ -236,6 +257,7 @@ pub async fn reconcile(
         config_yaml: &config,
         config_hash: &config_hash,
         existing_claims: existing.as_ref().and_then(build::existing_claims),
+        existing_pod_management_policy: existing.as_ref().map(build::existing_pod_management_policy),
         settings: &settings,
     };
     let mut desired = Vec::new();
@@ -260,9 +282,15 @@ pub async fn reconcile(
     if let Some(obj) = build::ingress(hs, &names, spec) {
         desired.push(Desired::of::<Ingress>(obj));
     }
-    desired.extend([Desired::of::<StatefulSet>(build::statefulset(
-        hs, &names, spec, &inputs,
-    ))]);
+    let mut sts = Desired::of::<StatefulSet>(build::statefulset(hs, &names, spec, &inputs));
+    // A StatefulSet that keeps an older podManagementPolicy is only ever replaced: were it
+    // deleted meanwhile (to be made anew with the current one), an apply would create it
+    // again with the old policy.
+    sts.must_exist = inputs
+        .existing_pod_management_policy
+        .as_deref()
+        .is_some_and(|p| p != build::POD_MANAGEMENT_POLICY);
+    desired.push(sts);
 
     // Preflight, before anything is written: no name is someone else's, and the API
     // server accepts every object that changes (a server-side dry run). A refusal
@@ -274,7 +302,9 @@ pub async fn reconcile(
     for d in desired {
         match d.plan(ctx, hs, ns).await? {
             Plan::Unchanged => {}
-            Plan::Conflict(outcome) => return Ok((outcome.with_endpoint(&endpoint), extra)),
+            Plan::Conflict(outcome) | Plan::Wait(outcome) => {
+                return Ok((outcome.with_endpoint(&endpoint), extra));
+            }
             Plan::Apply(d) => changes.push(d),
         }
     }
@@ -292,6 +322,11 @@ pub async fn reconcile(
     // Apply: Secrets first, the StatefulSet last.
     if let Some(new_keys) = &keys.create
         && let Err(outcome) = create_keys(ctx, hs, &secrets, &names, new_keys).await?
+    {
+        return Ok((outcome.with_endpoint(&endpoint), extra));
+    }
+    if let Some(patch) = &keys.owner_patch
+        && let Err(outcome) = own_keys(ctx, hs, &secrets, &names, patch).await?
     {
         return Ok((outcome.with_endpoint(&endpoint), extra));
     }
@@ -313,6 +348,9 @@ pub async fn reconcile(
     if let Some(d) = extra.dns.as_mut() {
         d.applied = true;
     }
+    // Only once applied: a config in status means the server has run (see `keys`), and a
+    // refused first apply must not make a new server one that lost its keys.
+    extra.config_hash = Some(config_hash.clone());
 
     // Observe: the API key first (status shows it even while the pod restarts).
     let key_secret = secrets
@@ -531,12 +569,42 @@ pub fn api_key_status(secret: &Secret) -> Option<ApiKeyStatus> {
     (id.is_some() || expiration.is_some()).then_some(ApiKeyStatus { id, expiration })
 }
 
-/// A referenced Secret's value, or why there is none (naming the field, never the value).
+/// What a Secret value the pod reads may hold, by what reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretRule {
+    /// Headscale appends `password=VALUE` to the driver's key=value string unquoted
+    /// (surrounding whitespace is skipped by the driver, so the trimmed value counts).
+    PostgresPassword,
+    /// Headscale reads the file and trims it; the value goes to the identity provider
+    /// as it is.
+    OidcClientSecret,
+}
+
+/// The rule a Secret value breaks (the rule, never the value), or `None`. Pure.
+pub fn check_secret_value(rule: SecretRule, value: &str) -> Option<&'static str> {
+    let broken = match rule {
+        SecretRule::PostgresPassword => value
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "'\"\\".contains(c)),
+        SecretRule::OidcClientSecret => value.chars().any(char::is_control),
+    };
+    broken.then_some(match rule {
+        SecretRule::PostgresPassword => {
+            "a Postgres password must not contain spaces, quotes (' or \") or backslashes: Headscale passes it to \
+             the driver unquoted"
+        }
+        SecretRule::OidcClientSecret => "an OIDC client secret must be one line without control characters",
+    })
+}
+
+/// A referenced Secret's value, or why there is none or it cannot be used (naming the
+/// field and the rule, never the value).
 async fn secret_value(
     secrets: &Api<Secret>,
     name: &str,
     key: &str,
     field: &str,
+    rule: SecretRule,
 ) -> Result<Result<SecretString, Outcome>, Error> {
     let secret = match secrets.get_opt(name).await {
         Ok(s) => s,
@@ -548,17 +616,35 @@ async fn secret_value(
         }
         Err(e) => return Err(kube_err(format!("reading Secret {name}"))(e)),
     };
-    Ok(
-        super::connect::read_key(secret.as_ref(), name, key).map_err(|o| match o {
-            Outcome::NotReady {
-                reason,
-                message,
-                stalled: s,
-                ..
-            } => Outcome::not_ready(reason, format!("{message} ({field})"), s),
-            other => other,
-        }),
-    )
+    Ok(secret_use(secret.as_ref(), name, key, field, rule))
+}
+
+/// The value of a referenced Secret the pod reads, or why it cannot be used: missing,
+/// empty, or breaking `rule` (`SecretKeyInvalid`, stalled). Messages name the Secret,
+/// the key and the field, never the value. Pure.
+pub fn secret_use(
+    secret: Option<&Secret>,
+    name: &str,
+    key: &str,
+    field: &str,
+    rule: SecretRule,
+) -> Result<SecretString, Outcome> {
+    let value = super::connect::read_value(secret, name, key).map_err(|o| match o {
+        Outcome::NotReady {
+            reason,
+            message,
+            stalled: s,
+            ..
+        } => Outcome::not_ready(reason, format!("{message} ({field})"), s),
+        other => other,
+    });
+    value.and_then(|v| match check_secret_value(rule, v.expose()) {
+        None => Ok(v),
+        Some(why) => Err(stalled(
+            reason::SECRET_KEY_INVALID,
+            format!("Secret {name:?} key {key:?} ({field}) cannot be used: {why} (nothing was applied)"),
+        )),
+    })
 }
 
 const UNCHANGED: &str = " (nothing was changed: the running server keeps its config)";
@@ -596,6 +682,11 @@ pub fn check_api_key_spec(spec: &ManagedSpec) -> Option<String> {
     let before = render::validate::parse_duration(&spec.api_key.rotate_before);
     match (lifetime, before) {
         (Some(l), _) if l.is_zero() => Some("spec.managed.apiKey.lifetime must be longer than 0".into()),
+        (Some(l), _) if l > crate::keyholder::MAX_KEY_LIFETIME => Some(format!(
+            "spec.managed.apiKey.lifetime ({}) must be at most {} (10 years)",
+            spec.api_key.lifetime,
+            crate::keyholder::MAX_KEY_LIFETIME_TEXT
+        )),
         (Some(l), Some(b)) if b >= l => Some(format!(
             "spec.managed.apiKey.rotateBefore ({}) must be shorter than apiKey.lifetime ({}): every key would need \
              rotating as soon as it is minted",
@@ -644,6 +735,9 @@ pub fn check_version_step(running: Option<&str>, wanted: &str) -> Option<(&'stat
 struct Keys {
     hash: Vec<u8>,
     create: Option<(SecretString, SecretString)>,
+    /// The existing Secret's owner references do not follow the spec: this patch
+    /// (metadata only) makes them.
+    owner_patch: Option<Value>,
 }
 
 /// Reads the keys Secret. An existing one is never overwritten (a new noise key
@@ -688,7 +782,12 @@ async fn keys(
                 }
             }
         }
-        return Ok(Ok(Keys { hash, create: None }));
+        let owner_patch = build::keys_owner_patch(&secret.metadata, hs, build::keys_owned(spec));
+        return Ok(Ok(Keys {
+            hash,
+            create: None,
+            owner_patch,
+        }));
     }
     let asked = hs
         .annotations()
@@ -726,6 +825,7 @@ async fn keys(
     Ok(Ok(Keys {
         hash,
         create: Some((noise, derp)),
+        owner_patch: None,
     }))
 }
 
@@ -736,12 +836,7 @@ async fn create_keys(
     names: &Names,
     (noise, derp): &(SecretString, SecretString),
 ) -> Result<Result<(), Outcome>, Error> {
-    let spec = hs.spec.managed.as_ref();
-    // The keys belong with the state: kept with the volume (and with a Postgres
-    // database, which outlives the server), deleted with it when the spec says so.
-    let owned = spec.is_some_and(|m| {
-        m.database.type_ == DatabaseType::Sqlite && m.database.sqlite.delete_on_server_deletion
-    });
+    let owned = hs.spec.managed.as_ref().is_some_and(build::keys_owned);
     let obj = build::keys_secret(hs, names, noise.expose(), derp.expose(), owned);
     let secret: Secret = serde_json::from_value(obj).map_err(|e| Error::Build(e.to_string()))?;
     match secrets.create(&PostParams::default(), &secret).await {
@@ -773,6 +868,43 @@ async fn create_keys(
             ),
         ))),
         Err(e) => Err(kube_err("creating the keys Secret")(e)),
+    }
+}
+
+/// Makes the keys Secret's ownership follow `deleteOnServerDeletion` (a metadata-only
+/// patch; the keys are never rewritten): owned, it is deleted with the server; not
+/// owned, it is kept with the volume, so a server of the same name finds its keys.
+async fn own_keys(
+    ctx: &Context,
+    hs: &HeadscaleServer,
+    secrets: &Api<Secret>,
+    names: &Names,
+    patch: &Value,
+) -> Result<Result<(), Outcome>, Error> {
+    match secrets
+        .patch(&names.keys_secret, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(_) => {
+            count_write(ctx, hs, "Secret");
+            let owned = hs.spec.managed.as_ref().is_some_and(build::keys_owned);
+            tracing::info!(
+                server = %format!("{}/{}", hs.namespace().unwrap_or_default(), hs.name_any()),
+                secret = %names.keys_secret,
+                owned,
+                "the keys Secret's ownership follows deleteOnServerDeletion"
+            );
+            Ok(Ok(()))
+        }
+        // Changed or deleted meanwhile: the next reconcile looks again.
+        Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(Err(waiting(
+            why::POD_NOT_READY,
+            format!(
+                "Secret {:?} changed while its ownership was updated; looking again",
+                names.keys_secret
+            ),
+        ))),
+        Err(e) => Err(kube_err("updating the keys Secret's owner")(e)),
     }
 }
 
@@ -844,11 +976,16 @@ struct Desired {
     /// Replace (PUT) the live object at this resourceVersion instead of applying: fields
     /// someone added are only removed that way (an apply keeps other managers' fields).
     replace_rv: Option<String>,
+    /// Built from the live object's immutable fields: only a live object may be changed
+    /// (replaced), never one created from it.
+    must_exist: bool,
 }
 
 enum Plan {
     Unchanged,
     Conflict(Outcome),
+    /// Changed meanwhile: the next reconcile looks again.
+    Wait(Outcome),
     Apply(Desired),
 }
 
@@ -862,6 +999,7 @@ impl Desired {
             obj,
             hash,
             replace_rv: None,
+            must_exist: false,
         }
     }
 
@@ -897,6 +1035,15 @@ impl Desired {
             .await
             .map_err(kube_err(format!("reading {} {}", self.kind, self.name)))?
         else {
+            if self.must_exist {
+                return Ok(Plan::Wait(waiting(
+                    why::POD_NOT_READY,
+                    format!(
+                        "{} {:?} was deleted meanwhile; it is made again",
+                        self.kind, self.name
+                    ),
+                )));
+            }
             return Ok(Plan::Apply(self));
         };
         if !owned_by(&live.metadata, hs) {
@@ -933,6 +1080,12 @@ impl Desired {
                 "repairing a change made outside the operator"
             );
         }
+        if self.must_exist {
+            return Ok(Plan::Apply(Desired {
+                replace_rv: live_obj.metadata.resource_version.clone(),
+                ..self
+            }));
+        }
         Ok(Plan::Apply(self))
     }
 
@@ -960,8 +1113,11 @@ impl Desired {
         };
         match result {
             Ok(()) => Ok(Ok(())),
-            // Replaced meanwhile: the watch brings the next reconcile, which looks again.
-            Err(kube::Error::Api(s)) if self.replace_rv.is_some() && s.code == 409 => Ok(Ok(())),
+            // Replaced or deleted meanwhile: the watch brings the next reconcile, which
+            // looks again (a replace never creates).
+            Err(kube::Error::Api(s)) if self.replace_rv.is_some() && matches!(s.code, 404 | 409) => {
+                Ok(Ok(()))
+            }
             // A dry run of an object that refers to another one of this change (a
             // RoleBinding to the Role not created yet) cannot be judged now.
             Err(kube::Error::Api(s)) if dry_run && s.code == 404 => Ok(Ok(())),
@@ -1076,6 +1232,9 @@ pub fn pod_problem(pod: &Pod, config_hash: &str) -> Option<Outcome> {
             ));
         }
     }
+    if let Some(problem) = pod_failing(pod) {
+        return Some(stalled(why::POD_FAILING, problem));
+    }
     let hash = pod.annotations().get(build::CONFIG_HASH_ANNOTATION);
     if hash.map(String::as_str) != Some(config_hash) {
         return Some(waiting(
@@ -1101,6 +1260,64 @@ pub fn pod_problem(pod: &Pod, config_hash: &str) -> Option<Outcome> {
         ));
     }
     None
+}
+
+/// Container waiting reasons the kubelet keeps retrying but that only a person can
+/// fix (a wrong image or registry access, a missing Secret or ConfigMap key, a
+/// container the runtime refuses). `ContainerCreating` and `PodInitializing` pass.
+const NEEDS_A_PERSON: [&str; 5] = [
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+];
+
+/// Why a pod cannot start by itself, or `None`: a container waiting for one of
+/// [`NEEDS_A_PERSON`] (its name, the reason and the kubelet's message, which for a pull
+/// names the image), or no node that can take it (the scheduler's message). Pure.
+pub fn pod_failing(pod: &Pod) -> Option<String> {
+    let name = pod.name_any();
+    let status = pod.status.as_ref()?;
+    let containers = status
+        .init_container_statuses
+        .iter()
+        .chain(&status.container_statuses);
+    for cs in containers.flatten() {
+        let Some(w) = cs.state.as_ref().and_then(|s| s.waiting.as_ref()) else {
+            continue;
+        };
+        let Some(reason) = w.reason.as_deref().filter(|r| NEEDS_A_PERSON.contains(r)) else {
+            continue;
+        };
+        let detail = w.message.as_deref().map(one_line).unwrap_or_default();
+        return Some(format!(
+            "pod {name:?}: container {:?} cannot start: {reason}{}",
+            cs.name,
+            if detail.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", super::truncate(&detail, 300))
+            }
+        ));
+    }
+    let unschedulable = status.conditions.iter().flatten().find(|c| {
+        c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable")
+    })?;
+    let detail = unschedulable.message.as_deref().map(one_line).unwrap_or_default();
+    Some(format!(
+        "pod {name:?} cannot be scheduled: {}",
+        if detail.is_empty() {
+            "no node can take it".to_string()
+        } else {
+            super::truncate(&detail, 300)
+        }
+    ))
+}
+
+/// A message on one line, runs of whitespace collapsed.
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// The end of a log excerpt: the last line that is not empty, at most 300 bytes.
@@ -1183,6 +1400,185 @@ mod tests {
             }
         ));
         assert!(pod_problem(&ready("h", "False"), "h").is_some());
+    }
+
+    #[test]
+    fn pods_that_need_a_person_say_which_container_and_why() {
+        let waiting = |reason: &str, message: &str| {
+            pod(json!({
+                "metadata": {"name": "hs-0", "annotations": {build::CONFIG_HASH_ANNOTATION: "h"}},
+                "status": {"phase": "Pending", "conditions": [{"type": "Ready", "status": "False"}],
+                    "containerStatuses": [
+                        {"name": "headscale", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                         "state": {"waiting": {"reason": reason, "message": message}}},
+                        {"name": "keyholder", "image": "k", "imageID": "", "ready": true, "restartCount": 0,
+                         "state": {"running": {}}},
+                    ]},
+            }))
+        };
+        let failing = |p: &Pod| match pod_problem(p, "h") {
+            Some(Outcome::NotReady {
+                reason,
+                message,
+                stalled,
+                ..
+            }) => (reason, message, stalled),
+            other => panic!("{other:?}"),
+        };
+        for reason in NEEDS_A_PERSON {
+            let (why, message, stalled) = failing(&waiting(
+                reason,
+                "Back-off pulling image \"docker.io/headscale/headscale:0.29.9\"",
+            ));
+            assert_eq!(why, why::POD_FAILING, "{reason}");
+            assert!(stalled, "{reason}: a person must act");
+            assert!(
+                message.contains("container \"headscale\"")
+                    && message.contains(reason)
+                    && message.contains("docker.io/headscale/headscale:0.29.9"),
+                "{message}"
+            );
+        }
+        // The kubelet's message is cut and kept on one line.
+        let (_, message, _) = failing(&waiting(
+            "CreateContainerConfigError",
+            &format!("secret \"pg\" not found\n{}", "x".repeat(1000)),
+        ));
+        assert!(message.len() < 400 && !message.contains('\n'), "{message}");
+        // Starting is not failing.
+        let (why, _, stalled) = failing(&waiting("ContainerCreating", ""));
+        assert_eq!((why, stalled), (why::POD_NOT_READY, false));
+        // A crash keeps its own reason.
+        let mut crash = waiting("CrashLoopBackOff", "back-off 5m0s");
+        if let Some(cs) = crash
+            .status
+            .as_mut()
+            .and_then(|s| s.container_statuses.as_mut())
+            .and_then(|c| c.first_mut())
+        {
+            cs.last_state = serde_json::from_value(json!({"terminated": {"exitCode": 1}})).ok();
+        }
+        assert_eq!(failing(&crash).0, why::HEADSCALE_FAILED);
+
+        let unschedulable = pod(json!({
+            "metadata": {"name": "hs-0", "annotations": {build::CONFIG_HASH_ANNOTATION: "h"}},
+            "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+                "reason": "Unschedulable", "message": "0/3 nodes are available: 3 Insufficient memory."}]},
+        }));
+        let (why, message, stalled) = failing(&unschedulable);
+        assert_eq!(why, why::POD_FAILING);
+        assert!(stalled);
+        assert!(
+            message.contains("cannot be scheduled: 0/3 nodes are available: 3 Insufficient memory."),
+            "{message}"
+        );
+        // Not scheduled yet, for no stated reason: just not Ready.
+        let pending = pod(json!({
+            "metadata": {"name": "hs-0", "annotations": {build::CONFIG_HASH_ANNOTATION: "h"}},
+            "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False"}]},
+        }));
+        assert_eq!(failing(&pending).0, why::POD_NOT_READY);
+    }
+
+    #[test]
+    fn secret_values_are_checked_by_what_reads_them() {
+        use SecretRule::*;
+        assert_eq!(check_secret_value(PostgresPassword, "s3cr3t-P@ss_w0rd=!%"), None);
+        assert_eq!(check_secret_value(PostgresPassword, "pässwörd"), None);
+        for bad in [
+            "it's",
+            "say\"hi\"",
+            "back\\slash",
+            "two words",
+            "tab\there",
+            "nl\ninside",
+        ] {
+            let why = check_secret_value(PostgresPassword, bad).unwrap_or_else(|| panic!("{bad:?} passed"));
+            assert!(
+                why.contains("Postgres password") && why.contains("unquoted"),
+                "{why}"
+            );
+            assert!(!why.contains(bad), "the value leaked: {why}");
+        }
+        assert_eq!(check_secret_value(OidcClientSecret, "a b'c\\d\"é"), None);
+        assert!(check_secret_value(OidcClientSecret, "line\nbreak").is_some());
+
+        // In status: SecretKeyInvalid, stalled, naming the Secret, key and field.
+        let field = "spec.managed.database.postgres.passwordSecretRef";
+        let secret = |v: &str| -> Secret {
+            serde_json::from_value(json!({"metadata": {"name": "pg"}, "stringData": {"password": v}}))
+                .unwrap()
+        };
+        match secret_use(
+            Some(&secret("hunter'2")),
+            "pg",
+            "password",
+            field,
+            PostgresPassword,
+        ) {
+            Err(Outcome::NotReady {
+                reason,
+                message,
+                stalled,
+                ..
+            }) => {
+                assert_eq!(reason, "SecretKeyInvalid");
+                assert!(stalled);
+                assert!(
+                    message.contains("\"pg\"") && message.contains("\"password\"") && message.contains(field),
+                    "{message}"
+                );
+                assert!(!message.contains("hunter"), "the value leaked: {message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A trailing newline (`kubectl create secret --from-file`) is not part of it.
+        let ok = secret_use(
+            Some(&secret("hunter2\n")),
+            "pg",
+            "password",
+            field,
+            PostgresPassword,
+        );
+        assert_eq!(
+            ok.map(|v| v.expose().to_string()).ok().as_deref(),
+            Some("hunter2")
+        );
+        match secret_use(None, "pg", "password", field, PostgresPassword) {
+            Err(Outcome::NotReady { reason, message, .. }) => {
+                assert_eq!(reason, "SecretNotFound");
+                assert!(message.contains(field), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn api_key_durations_are_bounded_before_the_keyholder_sees_them() {
+        let spec = |lifetime: &str, rotate_before: &str| -> ManagedSpec {
+            serde_json::from_value(json!({"version": "0.29.2", "serverUrl": "https://hs.example.com",
+                "apiKey": {"lifetime": lifetime, "rotateBefore": rotate_before}}))
+            .unwrap()
+        };
+        assert_eq!(check_api_key_spec(&spec("90d", "30d")), None);
+        assert_eq!(check_api_key_spec(&spec("3650d", "30d")), None);
+        // Parsed by the keyholder too (it once exited above u32::MAX seconds), but far
+        // beyond any rotation schedule.
+        for long in ["5000000000s", "3651d", "522w"] {
+            let problem = check_api_key_spec(&spec(long, "30d")).unwrap_or_else(|| panic!("{long} passed"));
+            assert!(problem.contains("at most 3650d"), "{problem}");
+        }
+        assert!(check_api_key_spec(&spec("0", "0")).is_some());
+        assert!(
+            check_api_key_spec(&spec("1d", "30d"))
+                .unwrap()
+                .contains("rotateBefore")
+        );
+        assert!(
+            check_api_key_spec(&spec("99999999999999999999s", "30d"))
+                .unwrap()
+                .contains("durations such as")
+        );
     }
 
     #[test]
