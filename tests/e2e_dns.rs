@@ -234,19 +234,10 @@ async fn a_settings_change_rolls_the_pod_once_and_a_records_change_does_not() {
         json!({"nameservers": {"global": ["192.0.2.53", "192.0.2.54"]}}),
     )
     .await;
-    let second = wait_for("a new pod", WAIT, || async {
-        let p = Api::<Pod>::namespaced(client.clone(), &ns)
-            .get_opt("hs-0")
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("no pod")?;
-        if p.uid() != Some(uid.clone()) {
-            Ok(p.uid().unwrap())
-        } else {
-            Err("same pod".to_string())
-        }
-    })
-    .await;
+    let second = wait_new_pod(&client, &ns, "hs-0", Some(uid.clone()))
+        .await
+        .uid()
+        .unwrap();
     wait_reason(&client, &ns, "hs", "ApiKeyPending").await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(

@@ -242,19 +242,7 @@ async fn a_spec_change_rolls_the_pod_once_and_an_idle_resync_writes_nothing() {
         json!({"spec": {"managed": {"logging": {"level": "debug"}}}}),
     )
     .await;
-    let second = wait_for("a new pod", WAIT, || async {
-        let p = Api::<Pod>::namespaced(client.clone(), &ns)
-            .get_opt("hs-0")
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("no pod")?;
-        if p.uid() != first.uid() {
-            Ok(p)
-        } else {
-            Err("same pod".to_string())
-        }
-    })
-    .await;
+    let second = wait_new_pod(&client, &ns, "hs-0", first.uid()).await;
     wait_pod_ready(&client, &ns, "hs-0").await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let sts = sts_api.get("hs").await.unwrap();
@@ -368,19 +356,8 @@ async fn a_crash_looping_pod_is_still_replaced_when_the_spec_is_fixed() {
         json!({"spec": {"managed": {"logging": {"level": "debug"}}}}),
     )
     .await;
-    wait_for("the not-Ready pod replaced", WAIT, || async {
-        let p = Api::<Pod>::namespaced(client.clone(), &ns)
-            .get_opt("hs-0")
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("no pod")?;
-        if p.uid() != first.uid() {
-            Ok(())
-        } else {
-            Err("the same pod".to_string())
-        }
-    })
-    .await;
+    // (the not-Ready pod replaced)
+    wait_new_pod(&client, &ns, "hs-0", first.uid()).await;
     wait_pod_ready(&client, &ns, "hs-0").await;
     wait_reason(&client, &ns, "hs", "ApiKeyPending").await;
 }
@@ -885,19 +862,7 @@ async fn referenced_secrets_never_leak_and_a_new_value_rolls_the_pod_once() {
     })
     .await;
     assert_eq!(rolled.metadata.generation.unwrap(), gen_before + 1);
-    let second = wait_for("a new pod", WAIT, || async {
-        let p = Api::<Pod>::namespaced(client.clone(), &ns)
-            .get_opt("hs-0")
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("no pod")?;
-        if p.uid() != first.uid() {
-            Ok(p)
-        } else {
-            Err("same pod".to_string())
-        }
-    })
-    .await;
+    let second = wait_new_pod(&client, &ns, "hs-0", first.uid()).await;
     wait_pod_ready(&client, &ns, "hs-0").await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(

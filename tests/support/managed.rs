@@ -124,6 +124,23 @@ pub async fn wait_pod_ready(client: &Client, ns: &str, pod: &str) -> Pod {
     .await
 }
 
+/// The pod `pod` once it is another one than the pod with `old_uid` (a rollout).
+pub async fn wait_new_pod(client: &Client, ns: &str, pod: &str, old_uid: Option<String>) -> Pod {
+    wait_for(&format!("a new pod {ns}/{pod}"), WAIT, || async {
+        let p = Api::<Pod>::namespaced(client.clone(), ns)
+            .get_opt(pod)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("no pod")?;
+        if p.metadata.uid != old_uid {
+            Ok(p)
+        } else {
+            Err("the same pod".to_string())
+        }
+    })
+    .await
+}
+
 pub fn owned_by(meta: &kube::api::ObjectMeta, hs: &HeadscaleServer) -> bool {
     meta.owner_references.iter().flatten().any(|o| {
         Some(&o.uid) == hs.uid().as_ref() && o.kind == "HeadscaleServer" && o.controller == Some(true)
