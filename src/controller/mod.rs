@@ -15,8 +15,11 @@ use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use kube::Client;
-use kube::runtime::events::{Recorder, Reporter};
+use futures::{Stream, StreamExt, stream};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
 
 use crate::metrics::Metrics;
 
@@ -169,4 +172,87 @@ pub fn reconcile_failed(
         ctx.settings.max_backoff,
         backoff::jitter(),
     ))
+}
+
+/// An Event when a condition changes status or reason; none on an unchanged requeue.
+/// Normal when the condition is True, Warning otherwise; the note is its message.
+pub fn condition_event(old: Option<&Condition>, new: Option<&Condition>, action: &str) -> Option<Event> {
+    let new = new?;
+    if let Some(old) = old
+        && old.status == new.status
+        && old.reason == new.reason
+    {
+        return None;
+    }
+    let ok = new.status == "True";
+    Some(Event {
+        type_: if ok { EventType::Normal } else { EventType::Warning },
+        reason: new.reason.clone(),
+        note: Some(truncate(&new.message, 1000)),
+        action: action.into(),
+        secondary: None,
+    })
+}
+
+/// A resource that names the HeadscaleServer it belongs to in `spec.serverRef`.
+pub trait NamesServer: ResourceExt + Clone {
+    fn server_name(&self) -> &str;
+    fn set_server_name(&mut self, name: String);
+}
+
+impl NamesServer for crate::api::AclPolicy {
+    fn server_name(&self) -> &str {
+        &self.spec.server_ref.name
+    }
+    fn set_server_name(&mut self, name: String) {
+        self.spec.server_ref.name = name;
+    }
+}
+
+impl NamesServer for crate::api::DnsConfig {
+    fn server_name(&self) -> &str {
+        &self.spec.server_ref.name
+    }
+    fn set_server_name(&mut self, name: String) {
+        self.spec.server_ref.name = name;
+    }
+}
+
+/// Events of objects naming a server that can change what the server gets: a new spec
+/// (generation), a new object, or a deletion. Status writes pass nothing. When an
+/// object moves to another server, a copy naming the old server is passed too, so both
+/// are reconciled again.
+pub fn spec_changes<K: NamesServer + Send + 'static>(
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static {
+    // uid -> (generation, deleting, server)
+    let mut seen: HashMap<String, (Option<i64>, bool, String)> = HashMap::new();
+    events.flat_map(move |event| {
+        let out: Vec<Result<K, watcher::Error>> = match event {
+            Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => {
+                let uid = obj.uid().unwrap_or_default();
+                let now = (
+                    obj.meta().generation,
+                    obj.meta().deletion_timestamp.is_some(),
+                    obj.server_name().to_string(),
+                );
+                match seen.insert(uid, now.clone()) {
+                    Some(before) if before == now => vec![],
+                    Some((_, _, old_server)) if old_server != now.2 => {
+                        let mut moved = obj.clone();
+                        moved.set_server_name(old_server);
+                        vec![Ok(obj), Ok(moved)]
+                    }
+                    _ => vec![Ok(obj)],
+                }
+            }
+            Ok(watcher::Event::Delete(obj)) => {
+                seen.remove(&obj.uid().unwrap_or_default());
+                vec![Ok(obj)]
+            }
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => vec![],
+            Err(e) => vec![Err(e)],
+        };
+        stream::iter(out)
+    })
 }

@@ -16,17 +16,17 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::Event;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::Context;
+use super::backoff;
 use super::connect;
 use super::dns;
 use super::managed;
-use super::{backoff, truncate};
 use crate::api::conditions::{self, reason};
 use crate::api::server::ExternalSpec;
 use crate::api::{DnsConfig, HeadscaleServer, HeadscaleServerStatus};
@@ -192,7 +192,7 @@ pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>) {
         None => Api::all(ctx.client.clone()),
     };
     let (dns_store, dns_writer) = reflector::store();
-    let dns_triggers = dns::spec_changes(
+    let dns_triggers = super::spec_changes(
         watcher(dns_configs, watcher::Config::default().any_semantic())
             .default_backoff()
             .reflect(dns_writer),
@@ -650,25 +650,8 @@ pub fn own_part(status: Option<&HeadscaleServerStatus>) -> HeadscaleServerStatus
 /// An Event when the Ready condition changes status or reason; nothing on an
 /// unchanged requeue. Pure.
 pub fn transition_event(old: Option<&Condition>, new: Option<&Condition>) -> Option<Event> {
-    let new = new?;
-    if let Some(old) = old
-        && old.status == new.status
-        && old.reason == new.reason
-    {
-        return None;
-    }
-    let ready = new.status == "True";
-    Some(Event {
-        type_: if ready {
-            EventType::Normal
-        } else {
-            EventType::Warning
-        },
-        reason: new.reason.clone(),
-        note: Some(truncate(&new.message, 1000)),
-        action: if ready { "Connect".into() } else { "Check".into() },
-        secondary: None,
-    })
+    let ready = new.is_some_and(|c| c.status == "True");
+    super::condition_event(old, new, if ready { "Connect" } else { "Check" })
 }
 
 async fn publish(ctx: &Context, hs: &HeadscaleServer, event: Event) {
@@ -763,7 +746,7 @@ mod tests {
         };
         let s1 = desired_status(&hs, &HeadscaleServerStatus::default(), &ready, now);
         let first = transition_event(None, conditions::find(&s1.conditions, "Ready")).unwrap();
-        assert_eq!(first.type_, EventType::Normal);
+        assert_eq!(first.type_, kube::runtime::events::EventType::Normal);
         let s2 = desired_status(&hs, &s1, &ready, now);
         assert!(
             transition_event(
@@ -779,7 +762,7 @@ mod tests {
             conditions::find(&s3.conditions, "Ready"),
         )
         .unwrap();
-        assert_eq!(ev.type_, EventType::Warning);
+        assert_eq!(ev.type_, kube::runtime::events::EventType::Warning);
         assert_eq!(ev.reason, "ApiKeyRejected");
     }
 

@@ -256,29 +256,11 @@ pub fn orphan_status(dc: &DnsConfig, now: Timestamp) -> DnsConfigStatus {
 
 /// An Event when `Ready` changes status or reason; none on an unchanged requeue.
 pub fn transition_event(old: Option<&Condition>, new: Option<&Condition>) -> Option<Event> {
-    let new = new?;
-    if let Some(old) = old
-        && old.status == new.status
-        && old.reason == new.reason
-    {
-        return None;
+    let mut event = crate::controller::condition_event(old, new, "ApplyDns")?;
+    if matches!(event.type_, EventType::Normal) {
+        event.reason = "DnsApplied".into();
     }
-    let ready = new.status == "True";
-    Some(Event {
-        type_: if ready {
-            EventType::Normal
-        } else {
-            EventType::Warning
-        },
-        reason: if ready {
-            "DnsApplied".into()
-        } else {
-            new.reason.clone()
-        },
-        note: Some(crate::controller::truncate(&new.message, 1000)),
-        action: "ApplyDns".into(),
-        secondary: None,
-    })
+    Some(event)
 }
 
 #[cfg(test)]

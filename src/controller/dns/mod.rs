@@ -1,5 +1,5 @@
 //! DnsConfig: the tailnet DNS of a managed server. The server controller does the
-//! work (a DnsConfig change re-reconciles the server it names, see [`spec_changes`]):
+//! work (a DnsConfig change re-reconciles the server it names, see [`super::spec_changes`]):
 //! it picks the DnsConfig in force ([`build::select`]), renders its settings into the
 //! config and its records into the `NAME-dns-records` ConfigMap, and writes every
 //! DnsConfig's status ([`write_statuses`]). What is left here is the small controller
@@ -10,11 +10,10 @@
 
 pub mod build;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::{Stream, StreamExt, stream};
+use futures::StreamExt;
 use jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -55,44 +54,6 @@ impl Error {
 pub fn server_of(dc: &DnsConfig) -> Option<ObjectRef<HeadscaleServer>> {
     let ns = dc.namespace()?;
     Some(ObjectRef::new(&dc.spec.server_ref.name).within(&ns))
-}
-
-/// DnsConfig events that can change what a server renders: a new spec (generation),
-/// a new object, or a deletion. Status writes pass nothing. When a DnsConfig moves to
-/// another server, a copy naming the old server is passed too, so both re-render.
-pub fn spec_changes(
-    events: impl Stream<Item = Result<watcher::Event<DnsConfig>, watcher::Error>> + Send + 'static,
-) -> impl Stream<Item = Result<DnsConfig, watcher::Error>> + Send + 'static {
-    // uid -> (generation, deleting, server)
-    let mut seen: HashMap<String, (Option<i64>, bool, String)> = HashMap::new();
-    events.flat_map(move |event| {
-        let out: Vec<Result<DnsConfig, watcher::Error>> = match event {
-            Ok(watcher::Event::Apply(dc) | watcher::Event::InitApply(dc)) => {
-                let uid = dc.uid().unwrap_or_default();
-                let now = (
-                    dc.metadata.generation,
-                    dc.metadata.deletion_timestamp.is_some(),
-                    dc.spec.server_ref.name.clone(),
-                );
-                match seen.insert(uid, now.clone()) {
-                    Some(before) if before == now => vec![],
-                    Some((_, _, old_server)) if old_server != now.2 => {
-                        let mut moved = dc.clone();
-                        moved.spec.server_ref.name = old_server;
-                        vec![Ok(dc), Ok(moved)]
-                    }
-                    _ => vec![Ok(dc)],
-                }
-            }
-            Ok(watcher::Event::Delete(dc)) => {
-                seen.remove(&dc.uid().unwrap_or_default());
-                vec![Ok(dc)]
-            }
-            Ok(watcher::Event::Init | watcher::Event::InitDone) => vec![],
-            Err(e) => vec![Err(e)],
-        };
-        stream::iter(out)
-    })
 }
 
 /// Writes the status of every DnsConfig naming server `server` (those in `selection`)

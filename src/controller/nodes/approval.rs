@@ -23,7 +23,7 @@ use crate::api::approval::{AUTH_KEY_SECRET_KEY, ApprovedNode, IssuedKey, PreAuth
 use crate::api::conditions::{self, reason};
 use crate::api::server::EnrollmentSpec;
 use crate::api::{HeadscaleServer, NodeApproval, NodeApprovalStatus};
-use crate::controller::{connect, truncate};
+use crate::controller::connect;
 use crate::headscale::{self, Node, PreAuthKey, PreAuthKeyId};
 use crate::metrics::Metrics;
 
@@ -917,21 +917,7 @@ pub fn desired_status(
 
 /// An Event when Ready changes status or reason. Pure.
 pub fn transition_event(old: Option<&Condition>, new: Option<&Condition>) -> Option<Event> {
-    let new = new?;
-    if let Some(old) = old
-        && old.status == new.status
-        && old.reason == new.reason
-    {
-        return None;
-    }
-    let ok = new.status == "True";
-    Some(Event {
-        type_: if ok { EventType::Normal } else { EventType::Warning },
-        reason: new.reason.clone(),
-        note: Some(truncate(&new.message, 1000)),
-        action: "Approve".into(),
-        secondary: None,
-    })
+    crate::controller::condition_event(old, new, "Approve")
 }
 
 async fn publish(ctx: &crate::controller::Context, na: &NodeApproval, event: Event) {

@@ -159,41 +159,8 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|c| *c == '*')
 }
 
-/// A Go-style duration with Headscale's `d` and `w`: `90d`, `1h30m`, `500ms`, `0`.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    if s == "0" {
-        return Some(Duration::ZERO);
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
-        if digits == 0 {
-            return None;
-        }
-        let n: u64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let (unit, len) = if rest.starts_with("ms") {
-            (Duration::from_millis(1), 2)
-        } else {
-            let secs = match rest.chars().next()? {
-                's' => 1,
-                'm' => 60,
-                'h' => 3600,
-                'd' => 86_400,
-                'w' => 604_800,
-                _ => return None,
-            };
-            (Duration::from_secs(secs), 1)
-        };
-        total = total.checked_add(unit.checked_mul(u32::try_from(n).ok()?)?)?;
-        rest = &rest[len..];
-    }
-    Some(total)
-}
+/// Durations are parsed as everywhere else in the operator (Go's units plus `d`, `w`).
+pub use crate::render::parse_duration;
 
 /// `90m` -> `1h30m0s`-style text for messages.
 pub fn format_duration(d: Duration) -> String {

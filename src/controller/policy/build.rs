@@ -305,14 +305,7 @@ fn short(hash: &str) -> &str {
 }
 
 fn truncate(s: &str) -> String {
-    if s.len() <= MAX_MESSAGE {
-        return s.to_string();
-    }
-    let mut cut = MAX_MESSAGE;
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}…", &s[..cut])
+    crate::controller::truncate(s, MAX_MESSAGE)
 }
 
 /// Why fragment `id` is not applied: its own problems, or the fragments at fault.
@@ -528,21 +521,7 @@ pub fn server_part(
 
 /// An Event when a condition changes status or reason; none on an unchanged requeue.
 pub fn transition_event(old: Option<&Condition>, new: Option<&Condition>, action: &str) -> Option<Event> {
-    let new = new?;
-    if let Some(old) = old
-        && old.status == new.status
-        && old.reason == new.reason
-    {
-        return None;
-    }
-    let ok = new.status == "True";
-    Some(Event {
-        type_: if ok { EventType::Normal } else { EventType::Warning },
-        reason: new.reason.clone(),
-        note: Some(truncate(&new.message)),
-        action: action.into(),
-        secondary: None,
-    })
+    crate::controller::condition_event(old, new, action)
 }
 
 /// The server's Events for one reconcile: a write is announced (`PolicyApplied`, or

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt, TryStreamExt, stream};
+use futures::{StreamExt, TryStreamExt, stream};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
 use kube::api::{Api, Patch, PatchParams};
@@ -162,7 +162,7 @@ pub async fn run(ctx: Arc<Context>) {
     let wc = || watcher::Config::default().any_semantic();
 
     let (fragments, fragment_writer) = reflector::store();
-    let fragment_triggers = spec_changes(
+    let fragment_triggers = super::spec_changes(
         watcher(acls.clone(), wc())
             .default_backoff()
             .reflect(fragment_writer),
@@ -263,44 +263,6 @@ fn server_inputs(hs: &HeadscaleServer) -> Option<u64> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (hs.metadata.generation, ready, version).hash(&mut h);
     Some(h.finish())
-}
-
-/// Fragment events that can change a merge: a new spec (generation) or a deletion.
-/// Status writes (this controller's own) pass nothing. When a fragment moves to
-/// another server, a copy naming the old server is passed too, so both re-merge.
-fn spec_changes(
-    events: impl Stream<Item = Result<watcher::Event<AclPolicy>, watcher::Error>> + Send + 'static,
-) -> impl Stream<Item = Result<AclPolicy, watcher::Error>> + Send + 'static {
-    // uid -> (generation, deleting, server)
-    let mut seen: HashMap<String, (Option<i64>, bool, String)> = HashMap::new();
-    events.flat_map(move |event| {
-        let out: Vec<Result<AclPolicy, watcher::Error>> = match event {
-            Ok(watcher::Event::Apply(acl) | watcher::Event::InitApply(acl)) => {
-                let uid = acl.uid().unwrap_or_default();
-                let now = (
-                    acl.metadata.generation,
-                    acl.metadata.deletion_timestamp.is_some(),
-                    acl.spec.server_ref.name.clone(),
-                );
-                match seen.insert(uid, now.clone()) {
-                    Some(before) if before == now => vec![],
-                    Some((_, _, old_server)) if old_server != now.2 => {
-                        let mut moved = acl.clone();
-                        moved.spec.server_ref.name = old_server;
-                        vec![Ok(acl), Ok(moved)]
-                    }
-                    _ => vec![Ok(acl)],
-                }
-            }
-            Ok(watcher::Event::Delete(acl)) => {
-                seen.remove(&acl.uid().unwrap_or_default());
-                vec![Ok(acl)]
-            }
-            Ok(watcher::Event::Init | watcher::Event::InitDone) => vec![],
-            Err(e) => vec![Err(e)],
-        };
-        stream::iter(out)
-    })
 }
 
 fn object_key(obj: &impl ResourceExt) -> String {
@@ -882,7 +844,7 @@ mod tests {
             Ok(watcher::Event::Apply(acl("a", "s2", 3))),
             Ok(watcher::Event::Delete(acl("a", "s2", 3))),
         ];
-        let out: Vec<(i64, String)> = spec_changes(stream::iter(events))
+        let out: Vec<(i64, String)> = crate::controller::spec_changes(stream::iter(events))
             .map(|r| {
                 let a = r.unwrap();
                 (a.metadata.generation.unwrap(), a.spec.server_ref.name)
