@@ -185,30 +185,23 @@ pub async fn reconcile(
     // Dereference the Secrets the pod reads at start; their values go into the hash only.
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let mut hashed = Vec::<u8>::new();
+    let mut read_at_start = Vec::new();
     if let (DatabaseType::Postgres, Some(pg)) = (spec.database.type_, &spec.database.postgres) {
-        match secret_value(
-            &secrets,
-            &pg.password_secret_ref.name,
-            &pg.password_secret_ref.key,
+        read_at_start.push((
+            &pg.password_secret_ref,
             "spec.managed.database.postgres.passwordSecretRef",
             SecretRule::PostgresPassword,
-        )
-        .await?
-        {
-            Ok(v) => hashed.extend(Sha256::digest(v.expose().as_bytes())),
-            Err(outcome) => return Ok((outcome.with_endpoint(&endpoint), extra)),
-        }
+        ));
     }
     if let Some(oidc) = &spec.oidc {
-        match secret_value(
-            &secrets,
-            &oidc.client_secret_ref.name,
-            &oidc.client_secret_ref.key,
+        read_at_start.push((
+            &oidc.client_secret_ref,
             "spec.managed.oidc.clientSecretRef",
             SecretRule::OidcClientSecret,
-        )
-        .await?
-        {
+        ));
+    }
+    for (reference, field, rule) in read_at_start {
+        match secret_value(&secrets, &reference.name, &reference.key, field, rule).await? {
             Ok(v) => hashed.extend(Sha256::digest(v.expose().as_bytes())),
             Err(outcome) => return Ok((outcome.with_endpoint(&endpoint), extra)),
         }
