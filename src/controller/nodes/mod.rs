@@ -13,11 +13,13 @@ pub mod webhook;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use std::hash::{DefaultHasher, Hash, Hasher};
+
 use futures::StreamExt;
 use kube::api::Api;
 use kube::runtime::controller::Controller;
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
@@ -150,23 +152,26 @@ pub async fn run(ctx: Arc<Context>) {
     });
     let approvals_ctl = Controller::new(approvals.clone(), watcher::Config::default().any_semantic());
     let store = approvals_ctl.store();
-    // A server's change (it became Ready, its enrollment rules changed) wakes the
-    // approvals that name it.
+    // A server's change that matters (it became Ready, its enrollment rules or its
+    // policy changed) wakes the approvals that name it; other status writes do not.
+    let server_changes = watcher(servers.clone(), watcher::Config::default().any_semantic())
+        .default_backoff()
+        .applied_objects()
+        .predicate_filter(
+            |hs: &HeadscaleServer| Some(seen_by_approvals(hs)),
+            Default::default(),
+        );
     let approvals_run = approvals_ctl
-        .watches(
-            servers.clone(),
-            watcher::Config::default().any_semantic(),
-            move |hs| {
-                let ns = hs.namespace();
-                let name = hs.name_any();
-                store
-                    .state()
-                    .into_iter()
-                    .filter(|a| a.namespace() == ns && a.spec.server_ref.name == name)
-                    .map(|a| ObjectRef::from_obj(&*a))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_stream(server_changes, move |hs| {
+            let ns = hs.namespace();
+            let name = hs.name_any();
+            store
+                .state()
+                .into_iter()
+                .filter(|a| a.namespace() == ns && a.spec.server_ref.name == name)
+                .map(|a| ObjectRef::from_obj(&*a))
+                .collect::<Vec<_>>()
+        })
         .shutdown_on_signal()
         .run(approval::reconcile, approval::error_policy, state.clone())
         .for_each(|res| async move {
@@ -174,8 +179,16 @@ pub async fn run(ctx: Arc<Context>) {
                 tracing::debug!(error = %e, "nodes reconcile loop event");
             }
         });
-    // The audit: every server at each resync, and when one of its approvals changes.
-    let audit_run = Controller::new(servers, watcher::Config::default().any_semantic())
+    // The audit: every server at each resync, when its spec or its reachability changes
+    // (not on every status write: the audit's own, the policy controller's), and when
+    // one of its approvals changes.
+    let (server_store, server_writer) = reflector::store();
+    let audit_triggers = watcher(servers, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(server_writer)
+        .applied_objects()
+        .predicate_filter(|hs: &HeadscaleServer| Some(seen_by_audit(hs)), Default::default());
+    let audit_run = Controller::for_stream(audit_triggers, server_store)
         .watches(approvals, watcher::Config::default().any_semantic(), |a| {
             Some(
                 ObjectRef::<HeadscaleServer>::new(&a.spec.server_ref.name)
@@ -190,6 +203,36 @@ pub async fn run(ctx: Arc<Context>) {
             }
         });
     futures::join!(approvals_run, audit_run);
+}
+
+/// What of a server the audit acts on: its spec and how it is reached.
+fn seen_by_audit(hs: &HeadscaleServer) -> u64 {
+    let mut h = DefaultHasher::new();
+    hs.metadata.generation.hash(&mut h);
+    let status = hs.status.as_ref();
+    status
+        .and_then(|s| conditions::find(&s.conditions, conditions::READY))
+        .map(|c| (&c.status, &c.reason))
+        .hash(&mut h);
+    status.map(|s| (&s.endpoint, &s.version)).hash(&mut h);
+    status
+        .and_then(|s| s.api_key.as_ref())
+        .map(|k| &k.id)
+        .hash(&mut h);
+    h.finish()
+}
+
+/// What of a server the approvals act on: the audit's view and the applied policy
+/// (tags are checked against its `tagOwners`).
+fn seen_by_approvals(hs: &HeadscaleServer) -> u64 {
+    let mut h = DefaultHasher::new();
+    seen_by_audit(hs).hash(&mut h);
+    hs.status
+        .as_ref()
+        .and_then(|s| s.policy.as_ref())
+        .map(|p| &p.hash)
+        .hash(&mut h);
+    h.finish()
 }
 
 pub(crate) fn object_key(obj: &impl Resource) -> String {
@@ -223,5 +266,56 @@ impl State {
                 pre_auth_key: status.pre_auth_key.clone(),
             },
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn server(status: serde_json::Value) -> HeadscaleServer {
+        serde_json::from_value(json!({
+            "apiVersion": "headscale.operator.dev/v1alpha1",
+            "kind": "HeadscaleServer",
+            "metadata": {"name": "hs", "namespace": "ns", "generation": 3},
+            "spec": {"external": {"url": "http://127.0.0.1:1", "apiKeySecretRef": {"name": "k"}}},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    fn ready(status: &str) -> serde_json::Value {
+        json!([{"type": "Ready", "status": status, "reason": "R", "message": "",
+                "lastTransitionTime": "2026-12-04T00:00:00Z"}])
+    }
+
+    #[test]
+    fn status_writes_that_do_not_matter_wake_neither_the_audit_nor_the_approvals() {
+        let base = server(json!({"conditions": ready("True"), "endpoint": "http://e", "version": "v0.29.2"}));
+        let with_counts = server(
+            json!({"conditions": ready("True"), "endpoint": "http://e", "version": "v0.29.2",
+                                        "observedGeneration": 3, "mode": "External"}),
+        );
+        assert_eq!(seen_by_audit(&base), seen_by_audit(&with_counts));
+        assert_eq!(seen_by_approvals(&base), seen_by_approvals(&with_counts));
+
+        let not_ready =
+            server(json!({"conditions": ready("False"), "endpoint": "http://e", "version": "v0.29.2"}));
+        assert_ne!(seen_by_audit(&base), seen_by_audit(&not_ready));
+        let moved =
+            server(json!({"conditions": ready("True"), "endpoint": "http://f", "version": "v0.29.2"}));
+        assert_ne!(seen_by_audit(&base), seen_by_audit(&moved));
+        let mut respec = base.clone();
+        respec.metadata.generation = Some(4);
+        assert_ne!(seen_by_audit(&base), seen_by_audit(&respec));
+
+        // A new policy matters to approvals (tags are checked against it), not to the audit.
+        let policy = server(
+            json!({"conditions": ready("True"), "endpoint": "http://e", "version": "v0.29.2",
+                                   "policy": {"hash": "abc"}}),
+        );
+        assert_eq!(seen_by_audit(&base), seen_by_audit(&policy));
+        assert_ne!(seen_by_approvals(&base), seen_by_approvals(&policy));
     }
 }
