@@ -1158,6 +1158,31 @@ async fn edits_behind_the_operators_back_are_repaired_and_lost_keys_are_never_si
         }
     })
     .await;
+    // Given while the keys exist, the annotation is no standing order: it is removed
+    // unused, the keys stay, and a later loss asks again.
+    patch_server(
+        &client,
+        &ns,
+        "hs",
+        json!({"metadata": {"annotations": {"headscale.operator.dev/regenerate-keys": "true"}}}),
+    )
+    .await;
+    wait_for("the unused regenerate-keys annotation removed", WAIT, || async {
+        let hs = Api::<HeadscaleServer>::namespaced(client.clone(), &ns)
+            .get("hs")
+            .await
+            .unwrap();
+        match hs.annotations().get("headscale.operator.dev/regenerate-keys") {
+            None => Ok(()),
+            Some(v) => Err(v.clone()),
+        }
+    })
+    .await;
+    assert_eq!(
+        secrets.get("hs-keys").await.unwrap().data.unwrap()["noise.key"],
+        new,
+        "the keys were kept"
+    );
     // The keys stay with the state: not owned by the server, so deleting the server
     // (the volume is kept) keeps them too.
     let keys = secrets.get("hs-keys").await.unwrap();

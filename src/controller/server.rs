@@ -651,8 +651,20 @@ pub fn own_part(status: Option<&HeadscaleServerStatus>) -> HeadscaleServerStatus
 /// unchanged requeue. Pure.
 pub fn transition_event(old: Option<&Condition>, new: Option<&Condition>) -> Option<Event> {
     let ready = new.is_some_and(|c| c.status == "True");
-    super::condition_event(old, new, if ready { "Connect" } else { "Check" })
+    let mut event = super::condition_event(old, new, if ready { "Connect" } else { "Check" })?;
+    // A managed server passes through these on every rollout: Normal, so alerts on
+    // Warning Events fire for faults, not for each config change.
+    if new.is_some_and(|c| PROGRESSING.contains(&c.reason.as_str())) {
+        event.type_ = kube::runtime::events::EventType::Normal;
+    }
+    Some(event)
 }
+
+/// Ready=False reasons of a rollout in progress (not faults).
+const PROGRESSING: [&str; 2] = [
+    super::managed::why::POD_NOT_READY,
+    super::managed::why::API_KEY_PENDING,
+];
 
 async fn publish(ctx: &Context, hs: &HeadscaleServer, event: Event) {
     super::publish(ctx, &hs.object_ref(&()), event).await
@@ -764,6 +776,16 @@ mod tests {
         .unwrap();
         assert_eq!(ev.type_, kube::runtime::events::EventType::Warning);
         assert_eq!(ev.reason, "ApiKeyRejected");
+        // A rollout's passing states are Normal Events, not Warnings.
+        let rolling = Outcome::not_ready(crate::controller::managed::why::POD_NOT_READY, "rolling", false);
+        let s4 = desired_status(&hs, &s1, &rolling, now);
+        let ev = transition_event(
+            conditions::find(&s1.conditions, "Ready"),
+            conditions::find(&s4.conditions, "Ready"),
+        )
+        .unwrap();
+        assert_eq!(ev.type_, kube::runtime::events::EventType::Normal);
+        assert_eq!(ev.reason, "PodNotReady");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, 
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -775,6 +776,16 @@ async fn keys(
                 }
             }
         }
+        // The annotation is a permission for one loss of the keys, not a standing order:
+        // given while the keys exist, it is dropped, so a later loss asks again.
+        if hs.annotations().contains_key(REGENERATE_KEYS_ANNOTATION) {
+            tracing::info!(
+                server = %format!("{ns}/{}", hs.name_any()),
+                secret = %names.keys_secret,
+                "the keys exist: the regenerate-keys annotation is removed unused"
+            );
+            remove_regenerate_annotation(ctx, hs).await?;
+        }
         let owner_patch = build::keys_owner_patch(&secret.metadata, hs, build::keys_owned(spec));
         return Ok(Ok(Keys {
             hash,
@@ -840,17 +851,25 @@ async fn create_keys(
                 secret = %names.keys_secret,
                 "generated the noise and DERP keys"
             );
-            // The permission was for this once: a later loss of the Secret asks again.
             if hs.annotations().contains_key(REGENERATE_KEYS_ANNOTATION) {
-                let servers: Api<HeadscaleServer> =
-                    Api::namespaced(ctx.client.clone(), &hs.namespace().unwrap_or_default());
-                let patch = json!({"metadata": {"annotations": {REGENERATE_KEYS_ANNOTATION: null}}});
-                servers
-                    .patch(&hs.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .map_err(kube_err("removing the regenerate-keys annotation"))?;
-                count_write(ctx, hs, "HeadscaleServer");
+                crate::controller::publish(
+                    ctx,
+                    &hs.object_ref(&()),
+                    Event {
+                        type_: EventType::Warning,
+                        reason: "KeysRegenerated".into(),
+                        note: Some(format!(
+                            "new noise and DERP keys in Secret {:?}, as the {REGENERATE_KEYS_ANNOTATION} annotation \
+                             asked: every client must log in again",
+                            names.keys_secret
+                        )),
+                        action: "GenerateKeys".into(),
+                        secondary: None,
+                    },
+                )
+                .await;
             }
+            remove_regenerate_annotation(ctx, hs).await?;
             Ok(Ok(()))
         }
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(Err(waiting(
@@ -862,6 +881,22 @@ async fn create_keys(
         ))),
         Err(e) => Err(kube_err("creating the keys Secret")(e)),
     }
+}
+
+/// Removes the regenerate-keys annotation (if present): the permission is for one loss.
+async fn remove_regenerate_annotation(ctx: &Context, hs: &HeadscaleServer) -> Result<(), Error> {
+    if !hs.annotations().contains_key(REGENERATE_KEYS_ANNOTATION) {
+        return Ok(());
+    }
+    let servers: Api<HeadscaleServer> =
+        Api::namespaced(ctx.client.clone(), &hs.namespace().unwrap_or_default());
+    let patch = json!({"metadata": {"annotations": {REGENERATE_KEYS_ANNOTATION: null}}});
+    servers
+        .patch(&hs.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(kube_err("removing the regenerate-keys annotation"))?;
+    count_write(ctx, hs, "HeadscaleServer");
+    Ok(())
 }
 
 /// Makes the keys Secret's ownership follow `deleteOnServerDeletion` (a metadata-only
