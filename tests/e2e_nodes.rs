@@ -535,6 +535,14 @@ async fn an_approval_cannot_be_edited_into_another() {
         "cannot be swapped",
     )
     .await;
+    // Neither set nor changed afterwards, also not together with approved: false (a
+    // requester withdrawing a record to rename it over another host).
+    refused(json!({"spec": {"hostname": "db-prod"}}), "hostname is immutable").await;
+    refused(
+        json!({"spec": {"approved": false, "hostname": "db-prod"}}),
+        "hostname is immutable",
+    )
+    .await;
     // Where the key goes and whether to renew it may still change.
     s.approvals()
         .patch(

@@ -17,9 +17,9 @@ use super::common::{ServerRef, conditions_schema};
 /// pre-auth key is owned by the approval and goes with it; an unused key left on the
 /// server expires by itself at its expiration (at most the server's
 /// `enrollment.maxPreAuthKeyLifetime`). The form, the server and the key's parameters
-/// are immutable; `approved` and `hostname` may change until the node is registered or
-/// the key issued, after which the approval is a record (setting `approved: false` then
-/// takes nothing back: delete the node, or expire the key, on the server).
+/// and the hostname are immutable; `approved` may change, but once the node is
+/// registered or the key issued the approval is a record (setting `approved: false`
+/// then takes nothing back: delete the node, or expire the key, on the server).
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "headscale.operator.dev",
@@ -39,6 +39,7 @@ use super::common::{ServerRef, conditions_schema};
 )]
 #[x_kube(validation = Rule::new("has(self.registration) != has(self.preAuthKey)").message("exactly one of spec.registration or spec.preAuthKey must be set"))]
 #[x_kube(validation = Rule::new("has(self.registration) == has(oldSelf.registration)").message("an approval keeps its form: spec.registration and spec.preAuthKey cannot be swapped; create a new NodeApproval"))]
+#[x_kube(validation = Rule::new("(has(self.hostname) ? self.hostname : '') == (has(oldSelf.hostname) ? oldSelf.hostname : '')").message("spec.hostname is immutable (the approval is the record of that host, and the audit judges nodes by it); create a new NodeApproval for another host"))]
 #[serde(rename_all = "camelCase")]
 pub struct NodeApprovalSpec {
     /// The HeadscaleServer the node joins. Immutable: the approval is the record of a
@@ -64,7 +65,8 @@ pub struct NodeApprovalSpec {
     /// Expected hostname of the node, checked against the server's
     /// `enrollment.hostnamePatterns` (required when the server sets patterns). When set,
     /// the node that registers must report this hostname (case-insensitive): another one
-    /// is reported as `HostnameMismatch` and counted unexpected by the audit.
+    /// is reported as `HostnameMismatch` and counted unexpected by the audit. Immutable,
+    /// also on a request: a request for another host is another NodeApproval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub hostname: Option<String>,
