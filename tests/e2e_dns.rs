@@ -338,6 +338,62 @@ async fn a_refused_dns_config_changes_nothing_and_says_why() {
     .await;
     wait_reason(&client, &ns, "hs", "ApiKeyPending").await;
 
+    // While it is refused, the config ConfigMap is edited (another resolver) or deleted
+    // behind the operator's back: the DNS it holds is no longer the one applied, so
+    // nothing is applied (no rollout onto the edit, no safe default without leak
+    // protection) and both the server and the DnsConfig say why.
+    let cms = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+    let mut edited = config_map(&client, &ns, "hs-config").await;
+    let text = config_of(edited.clone());
+    assert!(text.contains("192.0.2.53"), "{text}");
+    edited
+        .data
+        .as_mut()
+        .unwrap()
+        .insert("config.yaml".into(), text.replace("192.0.2.53", "6.6.6.6"));
+    edited.metadata.managed_fields = None;
+    cms.replace("hs-config", &PostParams::default(), &edited)
+        .await
+        .unwrap();
+    let msg = wait_reason(&client, &ns, "hs", "DnsUnrecoverable").await;
+    assert!(msg.contains("hs-config"), "{msg}");
+    let generation = sts_generation(&client, &ns).await;
+    cms.delete("hs-config", &DeleteParams::default()).await.unwrap();
+    wait_for("the DnsConfig says the ConfigMap was deleted", WAIT, || async {
+        let msg = wait_dns(&client, &ns, "dns", "InvalidExtraRecord").await;
+        if msg.contains("deleted outside the operator") {
+            Ok(())
+        } else {
+            Err(msg)
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        cms.get_opt("hs-config").await.unwrap().is_none(),
+        "recreated with other DNS"
+    );
+    assert_eq!(sts_generation(&client, &ns).await, generation, "rolled");
+    // Fixed, the DnsConfig is applied again and the ConfigMap comes back with it.
+    patch_dns(
+        &client,
+        &ns,
+        "dns",
+        json!({"extraRecords": good_spec()["extraRecords"]}),
+    )
+    .await;
+    wait_dns(&client, &ns, "dns", "Applied").await;
+    let restored = config_of(config_map(&client, &ns, "hs-config").await);
+    assert!(
+        restored.contains("192.0.2.53") && !restored.contains("6.6.6.6"),
+        "{restored}"
+    );
+    wait_reason(&client, &ns, "hs", "ApiKeyPending").await;
+    // Refused again (the duplicate record), to go on from there.
+    let dup = json!({"name": "grafana.ts.example.net", "type": "A", "value": "100.64.0.10"});
+    patch_dns(&client, &ns, "dns", json!({"extraRecords": [dup.clone(), dup]})).await;
+    wait_dns(&client, &ns, "dns", "InvalidExtraRecord").await;
+
     // A second DnsConfig for the server is refused, naming the first; not merged.
     let before = child_versions(&client, &ns, "hs").await;
     let mut other = good_spec();

@@ -848,6 +848,12 @@ pub struct ServerDnsStatus {
     pub leak_protection: bool,
     /// Number of extra records in the server's records file.
     pub extra_records: i64,
+    /// SHA-256 of the DNS settings the server's config was rendered with (not the
+    /// records). While the DnsConfig in force is refused, the operator keeps rendering
+    /// the DNS it reads back from the config ConfigMap only if it matches this, so a
+    /// ConfigMap deleted or edited meanwhile cannot change the server's DNS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings_hash: Option<String>,
 }
 
 /// The operator's API key for a managed server, as the keyholder sidecar reports it.

@@ -130,7 +130,22 @@ pub fn server_status(
         override_local_dns: dns.override_local_dns,
         leak_protection: leak_protection(dns.override_local_dns, &dns.global_nameservers),
         extra_records: i64::try_from(record_count).unwrap_or(i64::MAX),
+        settings_hash: Some(settings_hash(dns)),
     }
+}
+
+/// A stable fingerprint of the DNS settings rendered into the config (not the records).
+pub fn settings_hash(dns: &DnsInput) -> String {
+    let canonical = serde_json::json!({
+        "magicDns": dns.magic_dns,
+        "baseDomain": dns.base_domain,
+        "overrideLocalDns": dns.override_local_dns,
+        "global": dns.global_nameservers,
+        "split": dns.split,
+        "searchDomains": dns.search_domains,
+        "extraRecordsPath": dns.extra_records_path,
+    });
+    crate::controller::managed::sha256_hex(canonical.to_string().as_bytes())
 }
 
 /// What a server's reconcile did with the DnsConfig in force.

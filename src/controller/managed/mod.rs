@@ -75,6 +75,9 @@ pub mod why {
     pub const DOWNGRADE_REFUSED: &str = "DowngradeRefused";
     /// `version` is more than one minor release newer than the running one.
     pub const UPGRADE_SKIPS_MINOR: &str = "UpgradeSkipsMinor";
+    /// The DnsConfig in force is refused and the DNS the server runs with cannot be read
+    /// back (its config ConfigMap was deleted or edited): nothing is applied.
+    pub const DNS_UNRECOVERABLE: &str = "DnsUnrecoverable";
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -158,7 +161,13 @@ pub async fn reconcile(
     // DNS: the DnsConfig in force, or, when it is refused, the DNS the running config
     // was built from (read back from its ConfigMap), so a refused DnsConfig changes
     // nothing while the rest of the spec still applies.
-    let (dns, records, dns_result) = plan_dns(ctx, hs, ns, spec, dns, &names, &layout).await?;
+    let (dns, records, dns_result) = match plan_dns(ctx, hs, ns, spec, dns, &names, &layout).await? {
+        Ok(planned) => planned,
+        Err((outcome, dns_result)) => {
+            extra.dns = Some(dns_result);
+            return Ok((outcome, extra));
+        }
+    };
     extra.dns = Some(dns_result);
     let target = match render::validate(spec, &dns) {
         Ok(t) => t,
@@ -425,8 +434,14 @@ pub async fn reconcile(
     Ok((outcome, extra))
 }
 
-/// The DNS to render and the records file to write (`None`: leave the live one), from
-/// the DnsConfig in force; when it is refused, the DNS the live config carries.
+/// What [`plan_dns`] decided: the DNS to render, the records file to write (`None`:
+/// leave the live one) and the DnsConfig report.
+type PlannedDns = (render::DnsInput, Option<String>, DnsResult);
+
+/// The DNS to render and the records file to write, from the DnsConfig in force; when
+/// it is refused, the DNS the live config carries, if it is the DNS the operator
+/// applied (`status.dns.settingsHash`). When that cannot be told (the ConfigMap was
+/// deleted or edited meanwhile), nothing is applied: `Err` with the outcome.
 async fn plan_dns(
     ctx: &Context,
     hs: &HeadscaleServer,
@@ -435,7 +450,7 @@ async fn plan_dns(
     selection: &dns_build::Selection,
     names: &Names,
     layout: &render::Layout,
-) -> Result<(render::DnsInput, Option<String>, DnsResult), Error> {
+) -> Result<Result<PlannedDns, (Outcome, DnsResult)>, Error> {
     let Some(dc) = &selection.in_force else {
         let input = dns_build::default_input(layout);
         let status = dns_build::server_status(&input, None, 0);
@@ -444,7 +459,7 @@ async fn plan_dns(
             status,
             applied: false,
         };
-        return Ok((input, Some(render::render_records(&[])), result));
+        return Ok(Ok((input, Some(render::render_records(&[])), result)));
     };
     match dns_build::candidate(&dc.spec, spec, layout) {
         Ok(c) => {
@@ -458,7 +473,7 @@ async fn plan_dns(
                 status,
                 applied: false,
             };
-            Ok((c.input, Some(c.records), result))
+            Ok(Ok((c.input, Some(c.records), result)))
         }
         Err(problems) => {
             let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
@@ -484,7 +499,44 @@ async fn plan_dns(
                 let d = hs.status.as_ref()?.dns.as_ref()?;
                 Some((d.config_ref.clone()?, d.config_generation))
             });
-            let input = rendered.unwrap_or_else(|| dns_build::default_input(layout));
+            // Only the DNS the operator applied may be kept: a ConfigMap deleted or
+            // edited behind its back must not change the server's DNS (a lost
+            // override_local_dns would leak every client's queries).
+            let applied = hs.status.as_ref().and_then(|s| s.dns.as_ref());
+            let recorded = applied.and_then(|d| d.settings_hash.as_deref());
+            let had_dns_config = applied.is_some_and(|d| d.config_ref.is_some());
+            let candidate = rendered
+                .clone()
+                .unwrap_or_else(|| dns_build::default_input(layout));
+            let trusted = match recorded {
+                Some(hash) => dns_build::settings_hash(&candidate) == hash,
+                None => rendered.is_some() || !had_dns_config,
+            };
+            if !trusted {
+                let kept = format!(
+                    "the DNS its running pod has: the ConfigMap {:?} holding the DNS the operator applied was {} \
+                     outside the operator, so nothing is applied to the server until this DnsConfig is fixed",
+                    names.config_map,
+                    if live.is_some() { "edited" } else { "deleted" }
+                );
+                let result = DnsResult {
+                    refused: Some((problems, kept)),
+                    status: applied.cloned().unwrap_or_default(),
+                    applied: false,
+                };
+                let outcome = stalled(
+                    why::DNS_UNRECOVERABLE,
+                    format!(
+                        "DnsConfig {:?} is refused and the DNS the server runs with cannot be read back from ConfigMap \
+                         {:?} (deleted or edited outside the operator); nothing is applied until the DnsConfig is fixed, \
+                         so the server's DNS is not changed behind anyone's back",
+                        dc.name_any(),
+                        names.config_map
+                    ),
+                );
+                return Ok(Err((outcome, result)));
+            }
+            let input = candidate;
             let kept = match &from {
                 Some((n, Some(g))) => format!("the DNS of DnsConfig {n:?} generation {g}"),
                 Some((n, None)) => format!("the DNS of DnsConfig {n:?}"),
@@ -499,7 +551,7 @@ async fn plan_dns(
                 status,
                 applied: false,
             };
-            Ok((input, None, result))
+            Ok(Ok((input, None, result)))
         }
     }
 }
