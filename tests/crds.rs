@@ -72,6 +72,63 @@ fn every_field_has_a_description() {
 }
 
 #[test]
+fn descriptions_have_no_hard_line_breaks_inside_a_paragraph() {
+    // `kubectl explain` prints a description as it is: a doc comment's line breaks
+    // would show as "the\n oldest".
+    fn walk(value: &serde_json::Value, path: &str, bad: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    match v.as_str() {
+                        Some(text) if k == "description" => {
+                            let has_break = text.split("\n\n").any(|para| {
+                                !para.contains("```")
+                                    && para
+                                        .split('\n')
+                                        .skip(1)
+                                        .any(|line| !line.starts_with([' ', '\t', '-', '*']))
+                            });
+                            if has_break {
+                                bad.push(format!("{path}: {text:?}"));
+                            }
+                        }
+                        _ => walk(v, &format!("{path}.{k}"), bad),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, path, bad)),
+            _ => {}
+        }
+    }
+    let mut bad = Vec::new();
+    for crd in api::crds() {
+        walk(
+            &serde_json::to_value(&crd).unwrap(),
+            &crd.spec.names.kind,
+            &mut bad,
+        );
+    }
+    assert!(bad.is_empty(), "descriptions with hard line breaks: {bad:#?}");
+    assert_eq!(
+        api::reflow_description("the\noldest one.\n\nA new\nparagraph:\n - a list item"),
+        "the oldest one.\n\nA new paragraph:\n - a list item"
+    );
+    // The DnsConfig's two switches say they are on by default.
+    let dns = serde_json::to_value(
+        api::crds()
+            .into_iter()
+            .find(|c| c.spec.names.kind == "DnsConfig")
+            .unwrap(),
+    )
+    .unwrap();
+    let spec = &dns["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+    for field in ["magicDns", "overrideLocalDns"] {
+        let text = spec[field]["description"].as_str().unwrap();
+        assert!(text.contains("Defaults to true"), "{field}: {text}");
+    }
+}
+
+#[test]
 fn examples_parse_as_our_types() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     let mut seen = 0;

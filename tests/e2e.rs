@@ -638,6 +638,41 @@ async fn invalid_managed_specs_are_rejected_by_the_api_server() {
             "serverUrl must not have a path",
         ),
         (
+            "url with a trailing slash",
+            json!({"serverUrl": "https://hs.example.com/"}),
+            "serverUrl must not have a path or a trailing slash",
+        ),
+        (
+            "url with port 0",
+            json!({"serverUrl": "https://hs.example.com:0"}),
+            "serverUrl has a port outside 1-65535",
+        ),
+        (
+            "url with port 99999",
+            json!({"serverUrl": "https://hs.example.com:99999"}),
+            "serverUrl has a port outside 1-65535",
+        ),
+        (
+            "url with a unicode host",
+            json!({"serverUrl": "https://bücher.example.com"}),
+            "punycode (xn--) form",
+        ),
+        (
+            "empty image",
+            json!({"image": ""}),
+            "image must name a repository",
+        ),
+        (
+            "image with a digest",
+            json!({"image": "repo@sha256:abc"}),
+            "image must be a repository without a tag or digest",
+        ),
+        (
+            "image with a tag",
+            json!({"image": "docker.io/headscale/headscale:0.29.2"}),
+            "image must be a repository without a tag or digest",
+        ),
+        (
             "url with credentials",
             json!({"serverUrl": "https://a:b@hs.example.com"}),
             "serverUrl must not carry credentials",
@@ -704,6 +739,16 @@ async fn invalid_managed_specs_are_rejected_by_the_api_server() {
             "prefixes.v6 must be a network inside fd7a:115c:a1e0::/48",
         ),
         (
+            "v4 /32",
+            json!({"prefixes": {"v4": "100.64.0.0/32"}}),
+            "prefixes.v4 must be a /30 or larger network",
+        ),
+        (
+            "v6 /128",
+            json!({"prefixes": {"v6": "fd7a:115c:a1e0::/128"}}),
+            "prefixes.v6 must be a /126 or larger network",
+        ),
+        (
             "no prefix",
             json!({"prefixes": {"v4": "", "v6": ""}}),
             "at least one of v4 or v6 must be set",
@@ -728,10 +773,22 @@ async fn invalid_managed_specs_are_rejected_by_the_api_server() {
             Err(msg) => failures.push(format!("{what}: message {msg:?} lacks {want:?}")),
         }
     }
+    // Root rules read the name: a managed server's becomes a Service's and pods' names.
+    for (name, want) in [
+        ("my.server".to_string(), "must be a DNS label"),
+        ("a".repeat(53), "must be at most 52 characters"),
+    ] {
+        match create_raw(&client, &ns, hss(&name, json!({}))).await {
+            Ok(()) => failures.push(format!("name {name}: accepted")),
+            Err(msg) if msg.contains(want) => {}
+            Err(msg) => failures.push(format!("name {name}: message {msg:?} lacks {want:?}")),
+        }
+    }
     let full = hss(
         "full",
         json!({
             "replicas": 1,
+            "image": "registry.example.com:5000/mirror/headscale",
             "database": {"type": "Postgres", "postgres": {"host": "pg.db.svc", "database": "headscale",
                 "user": "headscale", "passwordSecretRef": {"name": "pg", "key": "password"}, "sslMode": "verify-full"}},
             "prefixes": {"v4": "100.64.0.0/16", "v6": "fd7a:115c:a1e0:1::/64", "allocation": "Random"},

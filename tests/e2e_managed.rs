@@ -647,17 +647,31 @@ async fn bad_managed_specs_are_refused_and_change_nothing() {
         "a refused spec changed the running server"
     );
 
-    // A name that cannot be a Service name: refused before anything is created.
-    create_server(&client, managed("my.server", &ns, "0.29.2", &class, json!({}))).await;
-    let msg = wait_reason(&client, &ns, "my.server", "InvalidSpec").await;
-    assert!(msg.contains("DNS label"), "{msg}");
-    assert!(
-        Api::<ConfigMap>::namespaced(client.clone(), &ns)
-            .get_opt("my.server-config")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    // A name that cannot be a Service name: refused by the schema, nothing is created
+    // (the other cases the schema refuses are in e2e.rs).
+    let hs: HeadscaleServer =
+        serde_json::from_value(managed("my.server", &ns, "0.29.2", &class, json!({}))).unwrap();
+    let err = Api::<HeadscaleServer>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &hs)
+        .await
+        .expect_err("a dotted name is refused");
+    assert!(err.to_string().contains("DNS label"), "{err}");
+
+    // A resource quantity the API server cannot decode (it would answer 500, forever):
+    // refused by validation, naming the field.
+    create_server(
+        &client,
+        managed(
+            "lots",
+            &ns,
+            "0.29.2",
+            &class,
+            json!({"pod": {"resources": {"limits": {"cpu": "lots"}}}}),
+        ),
+    )
+    .await;
+    let msg = wait_reason(&client, &ns, "lots", "InvalidSpec").await;
+    assert!(msg.contains("spec.managed.pod.resources.limits.cpu"), "{msg}");
 
     // A key that would need rotating as soon as it is minted: the keyholder would refuse
     // to start; the operator says so first.
@@ -689,8 +703,9 @@ async fn bad_managed_specs_are_refused_and_change_nothing() {
     let msg = wait_reason(&client, &ns, "forever", "InvalidSpec").await;
     assert!(msg.contains("at most 3650d"), "{msg}");
 
-    // A resource quantity the API server cannot parse: the whole change is refused by
-    // the dry run, so the running server's ConfigMap is not rewritten either.
+    // A node selector the API server refuses (validation does not check label keys): the
+    // whole change is refused by the dry run, so the running server's ConfigMap is not
+    // rewritten either.
     let cm_before = Api::<ConfigMap>::namespaced(client.clone(), &ns)
         .get("good-config")
         .await
@@ -700,7 +715,7 @@ async fn bad_managed_specs_are_refused_and_change_nothing() {
         &ns,
         "good",
         json!({"spec": {"managed": {"ephemeralInactivityTimeout": "30m", "logging": {"level": "debug"},
-            "pod": {"resources": {"limits": {"memory": "banana"}}}}}}),
+            "pod": {"nodeSelector": {"not a label key!": "x"}}}}}),
     )
     .await;
     let msg = wait_reason(&client, &ns, "good", "ApplyRejected").await;
@@ -727,7 +742,7 @@ async fn bad_managed_specs_are_refused_and_change_nothing() {
             &ns,
             "0.29.2",
             &class,
-            json!({"pod": {"resources": {"limits": {"memory": "banana"}}}}),
+            json!({"pod": {"nodeSelector": {"not a label key!": "x"}}}),
         ),
     )
     .await;
@@ -743,7 +758,7 @@ async fn bad_managed_specs_are_refused_and_change_nothing() {
         &client,
         &ns,
         "fresh",
-        json!({"spec": {"managed": {"pod": {"resources": null}}}}),
+        json!({"spec": {"managed": {"pod": {"nodeSelector": null}}}}),
     )
     .await;
     // (The namespace's one volume is taken, so it waits for one, with its keys made.)

@@ -36,7 +36,8 @@ pub struct DnsConfigSpec {
     /// The HeadscaleServer this DNS configuration is for (a managed one: Headscale has
     /// no API for DNS, so an external server's DNS stays in its own config file).
     pub server_ref: ServerRef,
-    /// Give every node a name under `baseDomain`.
+    /// Give every node a name under `baseDomain`. Defaults to true (then `baseDomain`
+    /// is required).
     #[serde(default = "default_true")]
     pub magic_dns: bool,
     /// Domain for MagicDNS names, e.g. `tailnet.example.com` (lowercase, no trailing
@@ -45,7 +46,8 @@ pub struct DnsConfigSpec {
     #[schemars(length(max = 253))]
     pub base_domain: Option<String>,
     /// Make clients use these resolvers instead of their local ones, so queries do
-    /// not leak to whatever network the device is on.
+    /// not leak to whatever network the device is on. Defaults to true (then at least
+    /// one `nameservers.global` entry is required).
     #[serde(default = "default_true")]
     pub override_local_dns: bool,
     /// Resolvers.

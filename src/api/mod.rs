@@ -23,14 +23,66 @@ use kube::CustomResourceExt;
 pub const GROUP: &str = "headscale.operator.dev";
 pub const VERSION: &str = "v1alpha1";
 
-/// Every CRD this operator serves, in a stable order.
+/// Every CRD this operator serves, in a stable order, with descriptions reflowed for
+/// `kubectl explain` ([`reflow_description`]).
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![
+    let crds = vec![
         HeadscaleServer::crd(),
         AclPolicy::crd(),
         DnsConfig::crd(),
         NodeApproval::crd(),
-    ]
+    ];
+    crds.into_iter().map(reflow_crd).collect()
+}
+
+fn reflow_crd(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map.iter_mut() {
+                    match v {
+                        // A string under "description" is a description; an object there
+                        // is a property of that name.
+                        serde_json::Value::String(text) if key == "description" => {
+                            *text = reflow_description(text);
+                        }
+                        _ => walk(v),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let Ok(mut value) = serde_json::to_value(&crd) else {
+        return crd;
+    };
+    walk(&mut value);
+    serde_json::from_value(value).unwrap_or(crd)
+}
+
+/// A doc comment's hard line breaks show in `kubectl explain` as they are ("the\n
+/// oldest"): join the lines of a paragraph with a space and keep blank-line paragraph
+/// breaks. Lines that start a list item or are indented, and paragraphs holding a code
+/// fence (descriptions of Kubernetes' own types), keep their breaks.
+pub fn reflow_description(text: &str) -> String {
+    text.split("\n\n")
+        .map(|para| {
+            if para.contains("```") {
+                return para.to_string();
+            }
+            let mut out = String::with_capacity(para.len());
+            for (i, line) in para.split('\n').enumerate() {
+                if i > 0 {
+                    let keep = line.starts_with([' ', '\t', '-', '*']);
+                    out.push(if keep { '\n' } else { ' ' });
+                }
+                out.push_str(line);
+            }
+            out
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n")
 }
 
 /// The file name a CRD is committed under in `crds/` and in the chart.

@@ -31,7 +31,9 @@ pub const DURATION_PATTERN: &str = r"^(0|([0-9]+(ms|s|m|h|d|w))+)$";
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Endpoint","type":"string","priority":1,"jsonPath":".status.endpoint"}"#,
     printcolumn = r#"{"name":"Policy","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"PolicyApplied\")].reason","description":"Whether the merged AclPolicy is what Headscale serves"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = Rule::new("oldSelf.hasValue() || !has(self.spec.managed) || !has(self.metadata.name) || size(self.metadata.name) <= 52").message("a managed server's name must be at most 52 characters (its StatefulSet's pods need the rest)").optional_old_self(true),
+    validation = Rule::new("oldSelf.hasValue() || !has(self.spec.managed) || !has(self.metadata.name) || (!self.metadata.name.contains('.') && !self.metadata.name.matches('^[0-9]'))").message("a managed server's name becomes its Service's name, so it must be a DNS label: lowercase letters, digits and '-', starting with a letter and not ending with '-'").optional_old_self(true)
 )]
 #[x_kube(validation = Rule::new("has(self.managed) != has(self.external)").message("exactly one of spec.managed or spec.external must be set"))]
 #[x_kube(validation = Rule::new("has(self.managed) == has(oldSelf.managed)").message("a server cannot switch between managed and external mode (the old server's workload or state would be left behind); create a new HeadscaleServer"))]
@@ -100,8 +102,12 @@ pub struct ManagedSpec {
     #[x_kube(validation = Rule::new("self == 1").message("Headscale cannot share its database: replicas must be 1"))]
     pub replicas: i32,
 
-    /// Container image repository; the tag is the version.
+    /// Container image repository, e.g. `docker.io/headscale/headscale` (the default)
+    /// or a mirror of it, without a tag or digest: the tag is `version`.
     #[serde(default = "default_image")]
+    #[x_kube(validation = Rule::new("self != ''").message("image must name a repository, e.g. docker.io/headscale/headscale (the tag comes from version)"))]
+    #[x_kube(validation = Rule::new("!self.contains('@') && !self.matches(':[^/]*$')").message("image must be a repository without a tag or digest, e.g. docker.io/headscale/headscale: the operator appends version as the tag (a registry port such as registry.local:5000/headscale is fine)"))]
+    #[schemars(length(max = 512))]
     pub image: String,
 
     /// The URL clients use to reach this server (Headscale's `server_url`), e.g.
@@ -111,7 +117,9 @@ pub struct ManagedSpec {
     #[x_kube(validation = Rule::new("(self.startsWith('http://') || self.startsWith('https://')) && isURL(self) && url(self).getHostname() != ''").message("serverUrl must be an absolute http:// or https:// URL, e.g. https://headscale.example.com"))]
     #[x_kube(validation = Rule::new("!self.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*@')").message("serverUrl must not carry credentials (user:password@)"))]
     #[x_kube(validation = Rule::new("!self.contains('?') && !self.contains('#')").message("serverUrl must not have a query (?...) or a fragment (#...)"))]
-    #[x_kube(validation = Rule::new("!isURL(self) || url(self).getEscapedPath() in ['', '/']").message("serverUrl must not have a path: Headscale serves at the root of its host"))]
+    #[x_kube(validation = Rule::new("!self.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://[^/]*/')").message("serverUrl must not have a path or a trailing slash (write https://headscale.example.com): Headscale serves at the root of its host and builds its paths from this URL (https://headscale.example.com/ gives //machine/... and 404s)"))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://(\\\\[[^\\\\]]*\\\\]|[^/:?#\\\\[]*)(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?([/?#].*)?$')").message("serverUrl has a port outside 1-65535"))]
+    #[x_kube(validation = Rule::new("!self.matches('[^[:ascii:]]') && !self.contains('%')").message("serverUrl's host must be plain ASCII, without %-escapes: write an internationalized name in its punycode (xn--) form, e.g. https://xn--bcher-kva.example for bücher.example"))]
     #[schemars(length(min = 1, max = 2048))]
     pub server_url: String,
 
@@ -297,12 +305,14 @@ pub struct PrefixesSpec {
     /// `100.64.0.0/24`; `""` for no IPv4 addresses.
     #[serde(default = "default_v4")]
     #[x_kube(validation = Rule::new("self == '' || (isCIDR(self) && cidr(self) == cidr(self).masked() && cidr('100.64.0.0/10').containsCIDR(self))").message("prefixes.v4 must be a network inside 100.64.0.0/10 written without host bits (e.g. 100.64.0.0/10 or 100.64.0.0/24): Tailscale clients do not work with other ranges"))]
+    #[x_kube(validation = Rule::new("self == '' || !isCIDR(self) || cidr(self).prefixLength() <= 30").message("prefixes.v4 must be a /30 or larger network (e.g. 100.64.0.0/24): Headscale gives no node the network or broadcast address, so a /31 or /32 leaves none to give"))]
     #[schemars(length(max = 64))]
     pub v4: String,
     /// IPv6 range inside fd7a:115c:a1e0::/48, e.g. `fd7a:115c:a1e0::/48` (default);
     /// `""` for no IPv6 addresses.
     #[serde(default = "default_v6")]
     #[x_kube(validation = Rule::new("self == '' || (isCIDR(self) && cidr(self) == cidr(self).masked() && cidr('fd7a:115c:a1e0::/48').containsCIDR(self))").message("prefixes.v6 must be a network inside fd7a:115c:a1e0::/48 written without host bits (e.g. fd7a:115c:a1e0::/48): Tailscale clients do not work with other ranges"))]
+    #[x_kube(validation = Rule::new("self == '' || !isCIDR(self) || cidr(self).prefixLength() <= 126").message("prefixes.v6 must be a /126 or larger network (e.g. fd7a:115c:a1e0::/48): Headscale gives no node the first or last address, so a /127 or /128 leaves none to give"))]
     #[schemars(length(max = 64))]
     pub v6: String,
     /// `Sequential` or `Random` address allocation.

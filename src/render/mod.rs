@@ -73,6 +73,9 @@ pub mod reason {
     pub const INVALID_EXTRA_RECORD: &str = "InvalidExtraRecord";
     /// Log level or format Headscale does not know.
     pub const INVALID_LOGGING: &str = "InvalidLogging";
+    /// Anything else the operator cannot build the pod from: an image with its own tag
+    /// or digest, a resource quantity the API server cannot decode.
+    pub const INVALID_SPEC: &str = crate::api::conditions::reason::INVALID_SPEC;
 }
 
 /// Why a managed spec cannot be run: a CamelCase status reason and a message for

@@ -25,6 +25,8 @@ use std::time::Duration;
 use reqwest::Url;
 
 use super::{DnsInput, Problem, SUPPORTED_MINORS, Target, reason};
+use k8s_openapi::api::core::v1::ResourceRequirements;
+
 use crate::api::server::{DatabaseType, DerpSpec, ManagedSpec, OidcSpec, PrefixesSpec};
 
 /// Headscale's minimum ephemeral inactivity timeout is "more than 65s".
@@ -59,6 +61,10 @@ pub fn validate(spec: &ManagedSpec, dns: &DnsInput) -> Result<Target, Vec<Proble
         check_oidc(oidc, &mut problems);
     }
     check_logging(spec, &mut problems);
+    check_image(&spec.image, &mut problems);
+    if let Some(resources) = &spec.pod.resources {
+        check_resources(resources, &mut problems);
+    }
     check_dns(dns, host.as_deref(), &mut problems);
     match target {
         Some(target) if problems.is_empty() => Ok(target),
@@ -147,6 +153,27 @@ fn check_server_url(raw: &str, problems: &mut Vec<Problem>) -> Option<String> {
     if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return bad("must not contain spaces or control characters", problems);
     }
+    // Headscale gets the text as written, while names here (the base-domain check) are
+    // compared in the punycode form the URL parser makes of them: insist on that form.
+    if !raw.is_ascii() || raw.contains('%') {
+        return bad(
+            "must have a plain ASCII host, without %-escapes: write an internationalized name \
+             in its punycode (xn--) form, e.g. https://xn--bcher-kva.example for bücher.example",
+            problems,
+        );
+    }
+    let after_scheme = raw.split_once("://").map_or("", |(_, rest)| rest);
+    let authority = after_scheme.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    let port = match host_port.strip_prefix('[') {
+        Some(rest) => rest.split_once("]:").map(|(_, port)| port),
+        None => host_port.rsplit_once(':').map(|(_, port)| port),
+    };
+    if let Some(port) = port.filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        && !(port.len() <= 5 && port.parse::<u32>().is_ok_and(|n| (1..=65535).contains(&n)))
+    {
+        return bad("has a port outside 1-65535", problems);
+    }
     let url = match Url::parse(raw) {
         Ok(url) => url,
         Err(e) => return bad(&format!("is not a valid URL ({e})"), problems),
@@ -160,9 +187,12 @@ fn check_server_url(raw: &str, problems: &mut Vec<Problem>) -> Option<String> {
     if url.query().is_some() || url.fragment().is_some() || raw.contains(['?', '#']) {
         return bad("must not have a query (?...) or a fragment (#...)", problems);
     }
-    if url.path() != "/" {
+    // The parser makes "https://host" and "https://host/" alike; Headscale does not: it
+    // appends "/machine/..." to the text, and "//machine/..." is a 404.
+    if url.path() != "/" || after_scheme.contains('/') {
         return bad(
-            "must not have a path: Headscale serves at the root of its host",
+            "must not have a path or a trailing slash (write https://headscale.example.com): \
+             Headscale serves at the root of its host and builds its paths from this URL",
             problems,
         );
     }
@@ -194,9 +224,11 @@ fn check_prefixes(prefixes: &PrefixesSpec, problems: &mut Vec<Problem>) {
         IpAddr::V6(Ipv6Addr::new(0xfd7a, 0x115c, 0xa1e0, 0, 0, 0, 0, 0)),
         48,
     );
-    for (field, value, range, text) in [
-        ("v4", &prefixes.v4, v4_range, "100.64.0.0/10"),
-        ("v6", &prefixes.v6, v6_range, "fd7a:115c:a1e0::/48"),
+    // Headscale never hands out a prefix's first and last address (network and
+    // broadcast), so a longer prefix leaves no address for any node.
+    for (field, value, range, text, longest) in [
+        ("v4", &prefixes.v4, v4_range, "100.64.0.0/10", 30),
+        ("v6", &prefixes.v6, v6_range, "fd7a:115c:a1e0::/48", 126),
     ] {
         if value.is_empty() {
             continue;
@@ -210,6 +242,10 @@ fn check_prefixes(prefixes: &PrefixesSpec, problems: &mut Vec<Problem>) {
             Some((addr, len)) if len < range.1 || mask(addr, range.1) != range.0 => format!(
                 "lies outside {text}, the only range Tailscale clients work with; use {text} \
                  or a part of it"
+            ),
+            Some((_, len)) if len > longest => format!(
+                "is a /{len}: Headscale gives no node a range's first or last address, so it \
+                 leaves none for nodes; use a /{longest} or larger network, e.g. {text}"
             ),
             Some(_) => continue,
         };
@@ -428,6 +464,74 @@ fn check_logging(spec: &ManagedSpec, problems: &mut Vec<Problem>) {
             format!("logging.format {:?} must be json or text", log.format),
         ));
     }
+}
+
+/// The image is composed as `{image}:{version}`: a tag or digest of its own would make
+/// a reference no registry serves (`repo@sha256:...:0.29.2`), an empty one `:0.29.2`.
+fn check_image(image: &str, problems: &mut Vec<Problem>) {
+    // The last path component: a ':' before it is a registry port, not a tag.
+    let last = image.rsplit('/').next().unwrap_or_default();
+    let why = if image.is_empty() {
+        "must name a repository, e.g. docker.io/headscale/headscale (the tag comes from version)"
+    } else if image.contains('@') || last.contains(':') {
+        "must be a repository without a tag or digest, e.g. docker.io/headscale/headscale: the \
+         operator appends version as the tag"
+    } else if image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        "must not contain spaces or control characters"
+    } else {
+        return;
+    };
+    problems.push(Problem::new(
+        reason::INVALID_SPEC,
+        format!("image {image:?} {why}"),
+    ));
+}
+
+/// Every request and limit must be a Kubernetes quantity: the API server cannot decode
+/// one that is not, and answers with a server error the operator would retry forever.
+fn check_resources(resources: &ResourceRequirements, problems: &mut Vec<Problem>) {
+    for (kind, map) in [("requests", &resources.requests), ("limits", &resources.limits)] {
+        for (name, quantity) in map.iter().flatten() {
+            let why = match parse_quantity(&quantity.0) {
+                None => "is not a Kubernetes quantity such as 500m, 2, 128Mi or 1Gi",
+                Some(true) => "must not be negative",
+                Some(false) => continue,
+            };
+            problems.push(Problem::new(
+                reason::INVALID_SPEC,
+                format!("spec.managed.pod.resources.{kind}.{name} {:?} {why}", quantity.0),
+            ));
+        }
+    }
+}
+
+/// Kubernetes' quantity syntax (`k8s.io/apimachinery/pkg/api/resource`): a signed
+/// decimal number and a suffix, binary SI (`Ki` .. `Ei`), decimal SI (`m`, ``, `k`,
+/// `M` .. `E`) or a decimal exponent (`e3`, `E-2`). `Some(negative)` when it parses.
+pub(crate) fn parse_quantity(text: &str) -> Option<bool> {
+    let (negative, rest) = match text.as_bytes().first()? {
+        b'-' => (true, &text[1..]),
+        b'+' => (false, &text[1..]),
+        _ => (false, text),
+    };
+    let number_len = rest
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(rest.len());
+    let (number, suffix) = rest.split_at(number_len);
+    let (int, frac) = number.split_once('.').unwrap_or((number, ""));
+    if int.is_empty() && frac.is_empty() || frac.contains('.') {
+        return None;
+    }
+    let suffix_ok = match suffix {
+        "" | "m" | "k" | "M" | "G" | "T" | "P" | "E" => true,
+        "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei" => true,
+        _ => suffix
+            .strip_prefix(['e', 'E'])
+            .map(|exp| exp.strip_prefix(['+', '-']).unwrap_or(exp))
+            .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())),
+    };
+    let zero = number.bytes().all(|b| b == b'0' || b == b'.');
+    suffix_ok.then_some(negative && !zero)
 }
 
 fn check_dns(dns: &DnsInput, server_host: Option<&str>, problems: &mut Vec<Problem>) {
@@ -687,15 +791,24 @@ mod tests {
             ),
             ("https://u:p@hs.example.com", "must not carry credentials"),
             ("https://hs.example.com/?a=b", "must not have a query"),
-            ("https://hs.example.com:99999", "is not a valid URL"),
+            ("https://hs.example.com:99999", "port outside 1-65535"),
+            ("https://hs.example.com:0", "port outside 1-65535"),
+            ("https://[::1]:65536", "port outside 1-65535"),
             ("https://hs example.com", "spaces"),
+            // Headscale appends "/machine/..." to the text: "//machine/..." is a 404.
+            ("https://hs.example.com/", "trailing slash"),
+            ("https://hs.example.com:8443/", "trailing slash"),
+            // Headscale gets the raw text, our base-domain check the punycode.
+            ("https://bücher.example", "punycode (xn--)"),
+            ("https://b%C3%BCcher.example", "punycode (xn--)"),
         ] {
             let p = refused(&spec(json!({"serverUrl": url})), &DnsInput::safe_default());
             assert_refused(p, "InvalidServerUrl", &[why]);
         }
         for ok in [
             "http://127.0.0.1:8080",
-            "https://hs.example.com/",
+            "https://hs.example.com:65535",
+            "https://xn--bcher-kva.example",
             "https://[::1]:443",
         ] {
             validate(&spec(json!({"serverUrl": ok})), &DnsInput::safe_default()).unwrap();
@@ -833,16 +946,90 @@ mod tests {
                 vec!["prefixes.v6", "outside fd7a:115c:a1e0::/48"],
             ),
             (json!({"v4": "", "v6": ""}), vec!["at least one of v4 or v6"]),
+            // Headscale never gives out the first and last address: nothing is left.
+            (
+                json!({"v4": "100.64.0.0/32"}),
+                vec!["prefixes.v4", "/32", "/30 or larger"],
+            ),
+            (json!({"v4": "100.64.0.0/31"}), vec!["/31", "/30 or larger"]),
+            (
+                json!({"v6": "fd7a:115c:a1e0::/128"}),
+                vec!["prefixes.v6", "/128", "/126 or larger"],
+            ),
+            (json!({"v6": "fd7a:115c:a1e0::/127"}), vec!["/127"]),
         ] {
             let p = refused(&spec(json!({"prefixes": prefixes})), &DnsInput::safe_default());
             assert_refused(p, "InvalidPrefix", &words);
         }
         for ok in [
             json!({"v4": "100.64.0.0/24"}),
+            json!({"v4": "100.64.0.0/30", "v6": "fd7a:115c:a1e0::/126"}),
             json!({"v4": "", "v6": "fd7a:115c:a1e0:ab::/64"}),
             json!({"v6": ""}),
         ] {
             validate(&spec(json!({"prefixes": ok})), &DnsInput::safe_default()).unwrap();
+        }
+    }
+
+    #[test]
+    fn images_with_a_tag_or_digest_or_none_are_refused() {
+        for (image, why) in [
+            ("", "must name a repository"),
+            ("docker.io/headscale/headscale:0.29.2", "without a tag or digest"),
+            ("repo@sha256:abc", "without a tag or digest"),
+            ("registry.local:5000/headscale:latest", "without a tag or digest"),
+            ("headscale ", "spaces"),
+        ] {
+            let p = refused(&spec(json!({"image": image})), &DnsInput::safe_default());
+            assert_refused(p, "InvalidSpec", &["image", why]);
+        }
+        for ok in [
+            "ghcr.io/juanfont/headscale",
+            "registry.local:5000/mirror/headscale",
+        ] {
+            validate(&spec(json!({"image": ok})), &DnsInput::safe_default()).unwrap();
+        }
+    }
+
+    #[test]
+    fn resource_quantities_must_parse() {
+        for (resources, field, why) in [
+            (
+                json!({"limits": {"cpu": "lots"}}),
+                "spec.managed.pod.resources.limits.cpu",
+                "not a Kubernetes quantity",
+            ),
+            (
+                json!({"requests": {"memory": "128mb"}}),
+                "spec.managed.pod.resources.requests.memory",
+                "not a Kubernetes quantity",
+            ),
+            (
+                json!({"requests": {"cpu": "-1"}}),
+                "spec.managed.pod.resources.requests.cpu",
+                "negative",
+            ),
+        ] {
+            let p = refused(
+                &spec(json!({"pod": {"resources": resources}})),
+                &DnsInput::safe_default(),
+            );
+            assert_refused(p, "InvalidSpec", &[field, why]);
+        }
+        let ok = json!({"requests": {"cpu": "250m", "memory": "64Mi", "ephemeral-storage": "1.5G"},
+                        "limits": {"cpu": "2", "memory": "1e9", "nvidia.com/gpu": "+1"}});
+        validate(
+            &spec(json!({"pod": {"resources": ok}})),
+            &DnsInput::safe_default(),
+        )
+        .unwrap();
+        for good in ["0", "1", ".5", "5.", "1.5Gi", "100m", "1E3", "2e-3", "1Ei", "-0"] {
+            assert_eq!(parse_quantity(good), Some(false), "{good}");
+        }
+        for bad in [
+            "", "+", ".", "1..2", "1ki", "1 Gi", "Gi", "1e", "1e1.5", "1Mi2", "0x10",
+        ] {
+            assert_eq!(parse_quantity(bad), None, "{bad}");
         }
     }
 

@@ -1427,6 +1427,36 @@ pub fn log_tail(message: &str) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn managed_names_are_dns_labels_of_at_most_52_and_the_schema_says_so_too() {
+        assert_eq!(check_name("hs-1"), None);
+        assert_eq!(check_name(&"a".repeat(build::MAX_NAME_LEN)), None);
+        for bad in ["my.server", "1hs", "hs-", "HS"] {
+            assert!(check_name(bad).is_some_and(|m| m.contains("DNS label")), "{bad}");
+        }
+        let long = "a".repeat(253);
+        assert!(check_name(&long).is_some_and(|m| m.contains("at most 52 characters")));
+        // The CRD refuses the same at creation (root rules may read metadata.name), with
+        // the same words and limit: a 253-character name would break Event publishing.
+        let crd = serde_json::to_value(<HeadscaleServer as kube::CustomResourceExt>::crd()).unwrap();
+        let rules = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["x-kubernetes-validations"];
+        let rules = rules.as_array().expect("root-level rules");
+        let text = |r: &Value| format!("{} {}", r["rule"], r["message"]);
+        assert!(rules.iter().any(|r| {
+            text(r).contains(&format!("size(self.metadata.name) <= {}", build::MAX_NAME_LEN))
+                && text(r).contains("at most 52 characters")
+                && r["optionalOldSelf"] == true
+        }));
+        let label = check_name("my.server").unwrap();
+        let words = label.split(';').next().unwrap();
+        assert!(
+            rules
+                .iter()
+                .any(|r| r["message"] == words && r["optionalOldSelf"] == true),
+            "no root rule says {words:?}"
+        );
+    }
+
     fn pod(v: Value) -> Pod {
         serde_json::from_value(v).unwrap()
     }
