@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount};
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
@@ -275,6 +275,9 @@ pub async fn reconcile(
     if let Some(obj) = build::ingress(hs, &names, spec) {
         desired.push(Desired::of::<Ingress>(obj));
     }
+    if let Some(obj) = build::network_policy(hs, &names, spec) {
+        desired.push(Desired::of::<NetworkPolicy>(obj));
+    }
     let mut sts = Desired::of::<StatefulSet>(build::statefulset(hs, &names, spec, &inputs));
     // A StatefulSet that keeps an older podManagementPolicy is only ever replaced: were it
     // deleted meanwhile (to be made anew with the current one), an apply would create it
@@ -307,9 +310,13 @@ pub async fn reconcile(
         }
     }
 
-    // An Ingress the spec no longer asks for goes (only one the server owns).
+    // An Ingress or NetworkPolicy the spec no longer asks for goes (only one the server
+    // owns).
     if spec.ingress.is_none() {
-        remove_ingress(ctx, hs, ns, &names).await?;
+        remove_dropped::<Ingress>(ctx, hs, ns, &names.service).await?;
+    }
+    if !spec.network_policy.enabled {
+        remove_dropped::<NetworkPolicy>(ctx, hs, ns, &names.network_policy).await?;
     }
 
     // Apply: Secrets first, the StatefulSet last.
@@ -527,19 +534,31 @@ async fn default_records(
     }
 }
 
-async fn remove_ingress(ctx: &Context, hs: &HeadscaleServer, ns: &str, names: &Names) -> Result<(), Error> {
-    let api: Api<Ingress> = Api::namespaced(ctx.client.clone(), ns);
+/// Deletes the optional child `name` of kind `K` (an Ingress, a NetworkPolicy) that the
+/// spec no longer asks for, if the server owns it.
+async fn remove_dropped<K>(ctx: &Context, hs: &HeadscaleServer, ns: &str, name: &str) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let kind = K::kind(&());
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     if let Some(live) = api
-        .get_metadata_opt(&names.service)
+        .get_metadata_opt(name)
         .await
-        .map_err(kube_err("reading the Ingress"))?
+        .map_err(kube_err(format!("reading {kind} {name}")))?
         && owned_by(&live.metadata, hs)
     {
-        api.delete(&names.service, &Default::default())
-            .await
-            .map_err(kube_err("deleting the Ingress"))?;
-        count_write(ctx, hs, "Ingress");
-        tracing::info!(server = %format!("{ns}/{}", hs.name_any()), "deleted the Ingress the spec no longer asks for");
+        match api.delete(name, &Default::default()).await {
+            Ok(_) => {}
+            // Gone meanwhile: what was asked for.
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+            Err(e) => return Err(kube_err(format!("deleting {kind} {name}"))(e)),
+        }
+        count_write(ctx, hs, &kind);
+        tracing::info!(server = %format!("{ns}/{}", hs.name_any()), kind = %kind, name = %name, "deleted a child the spec no longer asks for");
     }
     Ok(())
 }
