@@ -108,6 +108,17 @@ if check "helm template (defaults)" render "$d"; then
   else
     fail "rbac: configmaps verbs are exactly get, list, watch (AclPolicy configMapRef)" "$(grep -A1 configmaps "$d")"
   fi
+  # update outside the lease (its own rule, by name): the status subresources, and a replace
+  # that removes fields someone added, only on the StatefulSet and the Service.
+  update_rules=$(grep -B1 -E '^    verbs: \[.*"update"' "$work/default-nocomments.yaml" | grep -E '^    resources:' |
+    sed 's/^ *//' | sort | tr '\n' ' ')
+  want='resources: ["headscaleservers/status", "aclpolicies/status", "dnsconfigs/status", "nodeapprovals/status"] '
+  want+='resources: ["services"] resources: ["statefulsets"] '
+  if [ "$update_rules" = "$want" ]; then
+    ok "rbac: update only for the statuses, statefulsets and services"
+  else
+    fail "rbac: update only for the statuses, statefulsets and services" "$update_rules"
+  fi
   expect_count "rbac: lease get/update restricted by resourceNames" "$d" '^    resourceNames: \["headscale-operator"\]$' 1
   # Pod and container security.
   expect_count "deployment: strategy Recreate" "$d" '^    type: Recreate$' 1

@@ -1015,10 +1015,20 @@ impl Desired {
         }
     }
 
-    /// For the StatefulSet (what runs, with which privileges): whether the live spec has
-    /// more than ours, e.g. `hostNetwork` or an environment variable added by hand. The
-    /// desired object is put as a server-side dry run, so it gets exactly the defaults the
-    /// live one got; any other difference is someone else's. One read-only call.
+    /// Whether fields someone added to this kind are removed (by a replace): the
+    /// StatefulSet (what runs, with which privileges) and the Service (how the pod is
+    /// reached: `externalIPs`, another `type`, `loadBalancerSourceRanges`, an extra port).
+    /// An apply keeps fields another manager added.
+    fn removes_additions(&self) -> bool {
+        matches!(self.kind.as_str(), "StatefulSet" | "Service")
+    }
+
+    /// For the kinds of [`Self::removes_additions`]: whether the live spec has more than
+    /// ours, e.g. `hostNetwork` or an environment variable added to the StatefulSet by
+    /// hand, `externalIPs` added to the Service. The desired object is put as a
+    /// server-side dry run, so it gets exactly the defaults the live one got (for a
+    /// Service the API server also keeps the allocated `clusterIP(s)`, which the desired
+    /// object leaves out); any other difference is someone else's. One read-only call.
     async fn has_additions(&self, api: &Api<DynamicObject>, live: &DynamicObject) -> Result<bool, Error> {
         let mut obj: DynamicObject =
             serde_json::from_value(self.obj.clone()).map_err(|e| Error::Build(e.to_string()))?;
@@ -1064,9 +1074,11 @@ impl Desired {
         let stamped = live.annotations().get(build::APPLIED_HASH_ANNOTATION) == Some(&self.hash);
         let live_obj = live;
         let live = serde_json::to_value(&live_obj).map_err(|e| Error::Build(e.to_string()))?;
-        // The StatefulSet (what runs, with which privileges) is replaced when it differs in
-        // any way, additions included; an apply would keep fields others added.
-        if stamped && self.kind == "StatefulSet" {
+        // The StatefulSet and the Service are replaced when they differ in any way,
+        // additions included; an apply would keep fields others added. A replace of the
+        // Service leaves `clusterIP(s)` out and the API server keeps the allocated ones
+        // (and the IP families); node ports someone's `type: NodePort` got are released.
+        if stamped && self.removes_additions() {
             if drift::contains(&live, &self.obj) && !self.has_additions(&api, &live_obj).await? {
                 return Ok(Plan::Unchanged);
             }
@@ -1074,7 +1086,8 @@ impl Desired {
                 server = %format!("{ns}/{}", hs.name_any()),
                 kind = %self.kind,
                 name = %self.name,
-                "repairing a change made outside the operator (replacing the StatefulSet)"
+                "repairing a change made outside the operator (replacing the {})",
+                self.kind
             );
             return Ok(Plan::Apply(Desired {
                 replace_rv: live_obj.metadata.resource_version.clone(),
