@@ -152,7 +152,7 @@ echo
 kubectl -n "$NS" get headscaleserver corp -o jsonpath='{range .status.conditions[*]}{.type}={.status} ({.reason}): {.message}{"\n"}{end}'
 echo
 echo "What the operator generated for the managed server edge (no key in the ConfigMap):"
-kubectl -n "$NS" get statefulset,pod,service,configmap,secret,serviceaccount,role,rolebinding,pvc \
+kubectl -n "$NS" get statefulset,pod,service,networkpolicy,configmap,secret,serviceaccount,role,rolebinding,pvc \
   -l app.kubernetes.io/instance=edge 2>/dev/null || true
 kubectl -n "$NS" get pvc data-edge-0
 kubectl -n "$NS" get headscaleserver edge -o jsonpath='{range .status.conditions[*]}{.type}={.status} ({.reason}): {.message}{"\n"}{end}'

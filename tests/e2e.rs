@@ -493,6 +493,8 @@ async fn operator_rbac_is_least_privilege() {
         // A replace removes fields someone added to the StatefulSet (no more than patch).
         ("update", "statefulsets.apps"),
         ("patch", "services"),
+        // And from the Service (externalIPs, another type).
+        ("update", "services"),
         ("patch", "configmaps"),
         ("patch", "serviceaccounts"),
         ("patch", "roles.rbac.authorization.k8s.io"),
@@ -501,6 +503,10 @@ async fn operator_rbac_is_least_privilege() {
         ("get", "persistentvolumeclaims"),
         ("create", "ingresses.networking.k8s.io"),
         ("delete", "ingresses.networking.k8s.io"),
+        // The NetworkPolicy in front of a managed server's pod; deleted when turned off.
+        ("create", "networkpolicies.networking.k8s.io"),
+        ("patch", "networkpolicies.networking.k8s.io"),
+        ("delete", "networkpolicies.networking.k8s.io"),
     ] {
         assert!(can(verb, resource), "the operator needs {verb} {resource}");
     }
@@ -533,6 +539,9 @@ async fn operator_rbac_is_least_privilege() {
         ("update", "secrets"),
         ("deletecollection", "secrets"),
         ("update", "configmaps"),
+        ("update", "serviceaccounts"),
+        ("update", "networkpolicies.networking.k8s.io"),
+        ("delete", "services"),
         ("update", "aclpolicies.headscale.operator.dev"),
         ("delete", "headscaleservers.headscale.operator.dev"),
         ("update", "headscaleservers.headscale.operator.dev"),

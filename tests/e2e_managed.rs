@@ -111,6 +111,14 @@ async fn a_managed_server_gets_its_children_and_a_ready_pod() {
                 .metadata,
         ),
         (
+            "NetworkPolicy",
+            Api::<k8s_openapi::api::networking::v1::NetworkPolicy>::namespaced(client.clone(), &ns)
+                .get("hs")
+                .await
+                .unwrap()
+                .metadata,
+        ),
+        (
             "Secret hs-api-key",
             Api::<Secret>::namespaced(client.clone(), &ns)
                 .get("hs-api-key")
@@ -1289,4 +1297,171 @@ async fn an_ingress_is_made_for_the_http_port_and_removed_with_the_spec() {
         }
     })
     .await;
+}
+
+#[tokio::test]
+async fn the_metrics_port_is_closed_by_a_network_policy_and_additions_to_the_service_are_removed() {
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    let client = admin_client().await;
+    let ns = namespace(&client, "netpol").await;
+    let class = volume_for(&client, &ns).await;
+    let prometheus = json!({
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    });
+    let hs = create_server(
+        &client,
+        managed(
+            "hs",
+            &ns,
+            "0.29.2",
+            &class,
+            json!({"networkPolicy": {"metricsFrom": [prometheus]}}),
+        ),
+    )
+    .await;
+    let nps = Api::<NetworkPolicy>::namespaced(client.clone(), &ns);
+    let np = wait_for("the NetworkPolicy", WAIT, || async {
+        nps.get_opt("hs")
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("none".to_string())
+    })
+    .await;
+    assert!(owned_by(&np.metadata, &hs), "the NetworkPolicy is the server's");
+    let spec = serde_json::to_value(np.spec.unwrap()).unwrap();
+    assert_eq!(
+        spec["podSelector"],
+        json!({"matchLabels": {"app.kubernetes.io/instance": "hs", "app.kubernetes.io/name": "headscale"}})
+    );
+    assert_eq!(
+        spec["policyTypes"],
+        json!(["Ingress"]),
+        "egress is not restricted"
+    );
+    // http and STUN from anywhere; the metrics port (and Headscale's /debug pages) only
+    // from the listed peers.
+    assert_eq!(
+        spec["ingress"],
+        json!([
+            {"ports": [{"port": 8080, "protocol": "TCP"}, {"port": 3478, "protocol": "UDP"}]},
+            {"from": [prometheus], "ports": [{"port": 9090, "protocol": "TCP"}]},
+        ])
+    );
+    // Selects the pod the StatefulSet makes.
+    let pod = wait_pod_ready(&client, &ns, "hs-0").await;
+    for (k, v) in np_selector(&spec) {
+        assert_eq!(pod.labels().get(&k), Some(&v), "pod label {k}");
+    }
+
+    // Someone opens the metrics port to every source (drops `from`): repaired.
+    kubectl_ok(&[
+        "-n",
+        &ns,
+        "patch",
+        "networkpolicy",
+        "hs",
+        "--type=json",
+        "-p",
+        r#"[{"op": "remove", "path": "/spec/ingress/1/from"}]"#,
+    ]);
+    wait_for("the metrics rule repaired", WAIT, || async {
+        let live = serde_json::to_value(nps.get("hs").await.unwrap().spec.unwrap()).unwrap();
+        if live["ingress"][1]["from"] == json!([prometheus]) {
+            Ok(())
+        } else {
+            Err(live["ingress"].to_string())
+        }
+    })
+    .await;
+
+    // Someone gives the Service an external IP and makes it a NodePort: both go, the
+    // cluster IP stays.
+    let svcs = Api::<Service>::namespaced(client.clone(), &ns);
+    let before = svcs.get("hs").await.unwrap().spec.unwrap();
+    let cluster_ip = before.cluster_ip.clone().expect("a cluster IP");
+    kubectl_ok(&[
+        "-n",
+        &ns,
+        "patch",
+        "svc",
+        "hs",
+        "--type=merge",
+        "-p",
+        r#"{"spec": {"externalIPs": ["203.0.113.7"], "type": "NodePort"}}"#,
+    ]);
+    let patched = svcs.get("hs").await.unwrap().spec.unwrap();
+    assert_eq!(
+        patched.external_ips.as_deref(),
+        Some(&["203.0.113.7".to_string()][..])
+    );
+    let repaired = wait_for("the Service's additions removed", WAIT, || async {
+        let s = svcs.get("hs").await.unwrap().spec.unwrap();
+        if s.external_ips.is_none() && s.type_.as_deref() == Some("ClusterIP") {
+            Ok(s)
+        } else {
+            Err(format!("externalIPs {:?}, type {:?}", s.external_ips, s.type_))
+        }
+    })
+    .await;
+    assert_eq!(
+        repaired.cluster_ip.as_deref(),
+        Some(cluster_ip.as_str()),
+        "the cluster IP changed"
+    );
+    assert_eq!(repaired.cluster_ips, before.cluster_ips);
+    assert!(
+        repaired.ports.iter().flatten().all(|p| p.node_port.is_none()),
+        "node ports kept: {:?}",
+        repaired.ports
+    );
+    assert_eq!(repaired.ports, before.ports);
+    assert!(
+        operator_log().contains("replacing the Service"),
+        "no repair of the Service logged"
+    );
+    // And nothing more is written once it is repaired (no replace loop).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let versions = child_versions(&client, &ns, "hs").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        child_versions(&client, &ns, "hs").await,
+        versions,
+        "children rewritten while idle"
+    );
+
+    // Turned off: the NetworkPolicy goes.
+    patch_server(
+        &client,
+        &ns,
+        "hs",
+        json!({"spec": {"managed": {"networkPolicy": {"enabled": false}}}}),
+    )
+    .await;
+    wait_for("the NetworkPolicy removed", WAIT, || async {
+        match nps.get_opt("hs").await.map_err(|e| e.to_string())? {
+            None => Ok(()),
+            Some(_) => Err("still there".to_string()),
+        }
+    })
+    .await;
+}
+
+/// The `matchLabels` of a NetworkPolicy's pod selector.
+fn np_selector(spec: &serde_json::Value) -> Vec<(String, String)> {
+    spec["podSelector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+        .collect()
+}
+
+fn kubectl_ok(args: &[&str]) {
+    let out = kubectl(args);
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -175,6 +176,13 @@ pub struct ManagedSpec {
     /// deleted). Its host should be `serverUrl`'s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress: Option<IngressSpec>,
+
+    /// The NetworkPolicy `NAME` in front of the Headscale pod: on by default, it lets
+    /// anyone reach `http` (8080/TCP) and, with the embedded DERP relay, STUN (3478/UDP),
+    /// and the metrics port (9090/TCP, which also serves Headscale's `/debug` pages to
+    /// any private address) only from `metricsFrom`. Egress is not restricted.
+    #[serde(default)]
+    pub network_policy: NetworkPolicySpec,
 }
 
 fn default_image() -> String {
@@ -575,6 +583,34 @@ pub struct IngressSpec {
     /// Annotations for the Ingress controller (timeouts, buffering, cert-manager issuer).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+}
+
+/// The NetworkPolicy the operator puts in front of a managed server's pod.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Make the NetworkPolicy `NAME` (the default). `false` deletes one the operator
+    /// made and leaves the pod open to every source the cluster's network allows,
+    /// the metrics port and Headscale's `/debug` pages included.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Who may reach the metrics port (9090/TCP: `/metrics` and Headscale's `/debug`
+    /// pages, which show nodes, map responses and pending registrations), as
+    /// NetworkPolicy peers, e.g. `{namespaceSelector: {matchLabels:
+    /// {kubernetes.io/metadata.name: monitoring}}, podSelector: {matchLabels:
+    /// {app.kubernetes.io/name: prometheus}}}`. Empty (the default): nobody.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub metrics_from: Vec<NetworkPolicyPeer>,
+}
+
+impl Default for NetworkPolicySpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            metrics_from: Vec::new(),
+        }
+    }
 }
 
 /// Overrides for the Headscale pod.

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams};
@@ -184,6 +184,7 @@ pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>) {
     let controller = owns_meta!(controller, Role);
     let controller = owns_meta!(controller, RoleBinding);
     let controller = owns_meta!(controller, Ingress);
+    let controller = owns_meta!(controller, NetworkPolicy);
 
     // DnsConfigs: a new spec, a new one or a deleted one re-renders the server it names.
     // The reconcile reads them from this cache.

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -197,6 +198,7 @@ pub async fn child_versions(client: &Client, ns: &str, name: &str) -> BTreeMap<S
     rv!(ServiceAccount, format!("{name}-headscale"));
     rv!(Role, format!("{name}-keyholder"));
     rv!(RoleBinding, format!("{name}-keyholder"));
+    rv!(NetworkPolicy, own);
     out
 }
 

@@ -85,10 +85,15 @@ if check "helm template (defaults)" render "$d"; then
   # Managed servers' children are garbage-collected through owner references.
   expect_count "rbac: no deletecollection, bind, escalate or impersonate" "$work/default-nocomments.yaml" \
     '"(deletecollection|bind|escalate|impersonate)"' 0
-  expect_count "rbac: delete only for ingresses (a managed server's dropped Ingress)" "$work/default-nocomments.yaml" \
-    '"delete"' 1
-  expect_count "rbac: the delete rule is the ingresses rule" "$d" \
-    'verbs: \["get", "list", "watch", "create", "patch", "delete"\]' 1
+  expect_count "rbac: delete only for ingresses and networkpolicies (a managed server's dropped ones)" \
+    "$work/default-nocomments.yaml" '"delete"' 1
+  if grep -A1 'resources: \["ingresses", "networkpolicies"\]' "$d" |
+    grep -q 'verbs: \["get", "list", "watch", "create", "patch", "delete"\]'; then
+    ok "rbac: the delete rule is the ingresses and networkpolicies rule"
+  else
+    fail "rbac: the delete rule is the ingresses and networkpolicies rule" "$(grep -B1 -A2 '"delete"' "$d")"
+  fi
+  expect_count "rbac: networkpolicies only in that rule" "$work/default-nocomments.yaml" 'networkpolicies' 1
   expect_count "rbac: the keyholder image is the operator's" "$d" '^ +- name: HSOP_KEYHOLDER_IMAGE$' 1
   # Secrets: read (API keys), and create/patch only (pre-auth keys of NodeApprovals,
   # garbage-collected with their owner): never update, never delete.
@@ -102,6 +107,17 @@ if check "helm template (defaults)" render "$d"; then
     ok "rbac: configmaps verbs are exactly get, list, watch (AclPolicy configMapRef)"
   else
     fail "rbac: configmaps verbs are exactly get, list, watch (AclPolicy configMapRef)" "$(grep -A1 configmaps "$d")"
+  fi
+  # update outside the lease (its own rule, by name): the status subresources, and a replace
+  # that removes fields someone added, only on the StatefulSet and the Service.
+  update_rules=$(grep -B1 -E '^    verbs: \[.*"update"' "$work/default-nocomments.yaml" | grep -E '^    resources:' |
+    sed 's/^ *//' | sort | tr '\n' ' ')
+  want='resources: ["headscaleservers/status", "aclpolicies/status", "dnsconfigs/status", "nodeapprovals/status"] '
+  want+='resources: ["services"] resources: ["statefulsets"] '
+  if [ "$update_rules" = "$want" ]; then
+    ok "rbac: update only for the statuses, statefulsets and services"
+  else
+    fail "rbac: update only for the statuses, statefulsets and services" "$update_rules"
   fi
   expect_count "rbac: lease get/update restricted by resourceNames" "$d" '^    resourceNames: \["headscale-operator"\]$' 1
   # Pod and container security.

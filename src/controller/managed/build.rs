@@ -14,6 +14,7 @@
 //! | ServiceAccount | `NAME-headscale` | the pod's identity; its token is mounted in the keyholder only |
 //! | Role, RoleBinding | `NAME-keyholder` | get/watch/patch of `NAME-api-key`, nothing else |
 //! | Service | `NAME` | `http` 8080 (control protocol and API), `metrics` 9090, `stun` 3478/UDP |
+//! | NetworkPolicy | `NAME` | ingress to `http` and `stun` from anywhere, to `metrics` only from `metricsFrom` |
 //! | StatefulSet | `NAME` | one replica: `headscale` and `keyholder` containers |
 //! | PersistentVolumeClaim | `data-NAME-0` | SQLite volume, from the StatefulSet's claim template |
 
@@ -84,6 +85,7 @@ pub struct Names {
     pub api_key_secret: String,
     pub service_account: String,
     pub role: String,
+    pub network_policy: String,
     pub pvc: String,
 }
 
@@ -98,6 +100,7 @@ impl Names {
             api_key_secret: format!("{server}-api-key"),
             service_account: format!("{server}-headscale"),
             role: format!("{server}-keyholder"),
+            network_policy: server.to_string(),
             pvc: format!("data-{server}-0"),
         }
     }
@@ -327,6 +330,43 @@ pub fn ingress(hs: &HeadscaleServer, names: &Names, spec: &ManagedSpec) -> Optio
         "kind": "Ingress",
         "metadata": meta,
         "spec": ingress_spec,
+    }))
+}
+
+/// The NetworkPolicy in front of the pod, unless the spec turns it off. The metrics
+/// listener also serves Headscale's `/debug` pages (nodes, map responses, pending
+/// registrations) to any private source address, so it is reachable only from the
+/// peers in `metricsFrom`: with none, no rule names it, and a policy that selects the
+/// pod refuses what no rule allows. (A rule with ports and no `from` would allow every
+/// source, so the metrics rule is left out rather than written with an empty list.)
+/// `http` and `stun` are open to all: clients, the Ingress controller and the operator
+/// reach Headscale there. The kubelet's probes come from the pod's node, which a
+/// NetworkPolicy does not block. Egress is not restricted (OIDC, Postgres, DERP maps).
+pub fn network_policy(hs: &HeadscaleServer, names: &Names, spec: &ManagedSpec) -> Option<Value> {
+    let np = &spec.network_policy;
+    if !np.enabled {
+        return None;
+    }
+    let mut open = vec![json!({"port": HTTP_PORT, "protocol": "TCP"})];
+    if spec.derp.embedded {
+        open.push(json!({"port": STUN_PORT, "protocol": "UDP"}));
+    }
+    let mut rules = vec![json!({"ports": open})];
+    if !np.metrics_from.is_empty() {
+        rules.push(json!({
+            "from": np.metrics_from,
+            "ports": [{"port": METRICS_PORT, "protocol": "TCP"}],
+        }));
+    }
+    Some(json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata(hs, &names.network_policy, "headscale"),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(hs)},
+            "policyTypes": ["Ingress"],
+            "ingress": rules,
+        },
     }))
 }
 
@@ -824,6 +864,84 @@ mod tests {
         let p = keys_owner_patch(&meta(json!([theirs])), &hs, true).unwrap();
         assert_eq!(p["metadata"]["ownerReferences"], json!([theirs, ours]));
         assert!(p.get("data").is_none() && p.get("stringData").is_none());
+    }
+
+    #[test]
+    fn the_network_policy_opens_http_and_stun_and_metrics_only_to_the_listed_peers() {
+        let names = Names::of("corp");
+        let hs = server(json!({"version": "0.29.2", "serverUrl": "https://hs.example.com"}));
+        let np = network_policy(&hs, &names, hs.spec.managed.as_ref().unwrap()).expect("on by default");
+        assert_eq!(np["kind"], "NetworkPolicy");
+        assert_eq!(np["metadata"]["name"], "corp");
+        assert_eq!(np["metadata"]["namespace"], "vpn");
+        assert_eq!(np["metadata"]["ownerReferences"][0]["uid"], "u-1");
+        assert_eq!(np["metadata"]["ownerReferences"][0]["controller"], true);
+        assert_eq!(
+            np["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "headscale-operator"
+        );
+        // It selects exactly the pod the StatefulSet makes.
+        let s = sts(&hs, "h");
+        let pod_labels = &s["spec"]["template"]["metadata"]["labels"];
+        let selector = np["spec"]["podSelector"]["matchLabels"].as_object().unwrap();
+        assert!(!selector.is_empty());
+        for (k, v) in selector {
+            assert_eq!(&pod_labels[k], v, "{k}");
+        }
+        assert_eq!(
+            np["spec"]["policyTypes"],
+            json!(["Ingress"]),
+            "egress is not restricted"
+        );
+        assert!(np["spec"].get("egress").is_none());
+        // Default: http and STUN from anywhere; no rule names the metrics port, so nobody
+        // reaches it (a rule with ports and without `from` would open it to all).
+        assert_eq!(
+            np["spec"]["ingress"],
+            json!([{"ports": [
+                {"port": HTTP_PORT, "protocol": "TCP"},
+                {"port": STUN_PORT, "protocol": "UDP"},
+            ]}])
+        );
+        assert!(!np.to_string().contains(&METRICS_PORT.to_string()));
+
+        // Without the embedded relay, no STUN; the listed peers reach the metrics port.
+        let peers = json!([
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+             "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}},
+            {"ipBlock": {"cidr": "10.1.2.0/24"}},
+        ]);
+        let hs = server(json!({"version": "0.29.2", "serverUrl": "https://hs.example.com",
+            "derp": {"embedded": false, "urls": ["https://derp.example.com/map.json"]},
+            "networkPolicy": {"metricsFrom": peers}}));
+        let np = network_policy(&hs, &names, hs.spec.managed.as_ref().unwrap()).unwrap();
+        assert_eq!(
+            np["spec"]["ingress"],
+            json!([
+                {"ports": [{"port": HTTP_PORT, "protocol": "TCP"}]},
+                {"from": peers, "ports": [{"port": METRICS_PORT, "protocol": "TCP"}]},
+            ])
+        );
+        for rule in np["spec"]["ingress"].as_array().unwrap() {
+            let metrics = rule["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["port"] == METRICS_PORT);
+            let from = rule.get("from").and_then(Value::as_array).map_or(0, Vec::len);
+            assert!(
+                !metrics || from > 0,
+                "the metrics port open to every source: {rule}"
+            );
+        }
+
+        // Turned off: none (the operator deletes one it made).
+        let hs = server(json!({"version": "0.29.2", "serverUrl": "https://hs.example.com",
+            "networkPolicy": {"enabled": false, "metricsFrom": peers}}));
+        assert_eq!(
+            network_policy(&hs, &names, hs.spec.managed.as_ref().unwrap()),
+            None
+        );
     }
 
     #[test]

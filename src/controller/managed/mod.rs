@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount};
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType};
@@ -285,6 +285,9 @@ pub async fn reconcile(
     if let Some(obj) = build::ingress(hs, &names, spec) {
         desired.push(Desired::of::<Ingress>(obj));
     }
+    if let Some(obj) = build::network_policy(hs, &names, spec) {
+        desired.push(Desired::of::<NetworkPolicy>(obj));
+    }
     let mut sts = Desired::of::<StatefulSet>(build::statefulset(hs, &names, spec, &inputs));
     // A StatefulSet that keeps an older podManagementPolicy is only ever replaced: were it
     // deleted meanwhile (to be made anew with the current one), an apply would create it
@@ -317,9 +320,13 @@ pub async fn reconcile(
         }
     }
 
-    // An Ingress the spec no longer asks for goes (only one the server owns).
+    // An Ingress or NetworkPolicy the spec no longer asks for goes (only one the server
+    // owns).
     if spec.ingress.is_none() {
-        remove_ingress(ctx, hs, ns, &names).await?;
+        remove_dropped::<Ingress>(ctx, hs, ns, &names.service).await?;
+    }
+    if !spec.network_policy.enabled {
+        remove_dropped::<NetworkPolicy>(ctx, hs, ns, &names.network_policy).await?;
     }
 
     // Apply: Secrets first, the StatefulSet last.
@@ -580,19 +587,31 @@ async fn default_records(
     }
 }
 
-async fn remove_ingress(ctx: &Context, hs: &HeadscaleServer, ns: &str, names: &Names) -> Result<(), Error> {
-    let api: Api<Ingress> = Api::namespaced(ctx.client.clone(), ns);
+/// Deletes the optional child `name` of kind `K` (an Ingress, a NetworkPolicy) that the
+/// spec no longer asks for, if the server owns it.
+async fn remove_dropped<K>(ctx: &Context, hs: &HeadscaleServer, ns: &str, name: &str) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let kind = K::kind(&());
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     if let Some(live) = api
-        .get_metadata_opt(&names.service)
+        .get_metadata_opt(name)
         .await
-        .map_err(kube_err("reading the Ingress"))?
+        .map_err(kube_err(format!("reading {kind} {name}")))?
         && owned_by(&live.metadata, hs)
     {
-        api.delete(&names.service, &Default::default())
-            .await
-            .map_err(kube_err("deleting the Ingress"))?;
-        count_write(ctx, hs, "Ingress");
-        tracing::info!(server = %format!("{ns}/{}", hs.name_any()), "deleted the Ingress the spec no longer asks for");
+        match api.delete(name, &Default::default()).await {
+            Ok(_) => {}
+            // Gone meanwhile: what was asked for.
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+            Err(e) => return Err(kube_err(format!("deleting {kind} {name}"))(e)),
+        }
+        count_write(ctx, hs, &kind);
+        tracing::info!(server = %format!("{ns}/{}", hs.name_any()), kind = %kind, name = %name, "deleted a child the spec no longer asks for");
     }
     Ok(())
 }
@@ -1083,10 +1102,20 @@ impl Desired {
         }
     }
 
-    /// For the StatefulSet (what runs, with which privileges): whether the live spec has
-    /// more than ours, e.g. `hostNetwork` or an environment variable added by hand. The
-    /// desired object is put as a server-side dry run, so it gets exactly the defaults the
-    /// live one got; any other difference is someone else's. One read-only call.
+    /// Whether fields someone added to this kind are removed (by a replace): the
+    /// StatefulSet (what runs, with which privileges) and the Service (how the pod is
+    /// reached: `externalIPs`, another `type`, `loadBalancerSourceRanges`, an extra port).
+    /// An apply keeps fields another manager added.
+    fn removes_additions(&self) -> bool {
+        matches!(self.kind.as_str(), "StatefulSet" | "Service")
+    }
+
+    /// For the kinds of [`Self::removes_additions`]: whether the live spec has more than
+    /// ours, e.g. `hostNetwork` or an environment variable added to the StatefulSet by
+    /// hand, `externalIPs` added to the Service. The desired object is put as a
+    /// server-side dry run, so it gets exactly the defaults the live one got (for a
+    /// Service the API server also keeps the allocated `clusterIP(s)`, which the desired
+    /// object leaves out); any other difference is someone else's. One read-only call.
     async fn has_additions(&self, api: &Api<DynamicObject>, live: &DynamicObject) -> Result<bool, Error> {
         let mut obj: DynamicObject =
             serde_json::from_value(self.obj.clone()).map_err(|e| Error::Build(e.to_string()))?;
@@ -1132,9 +1161,11 @@ impl Desired {
         let stamped = live.annotations().get(build::APPLIED_HASH_ANNOTATION) == Some(&self.hash);
         let live_obj = live;
         let live = serde_json::to_value(&live_obj).map_err(|e| Error::Build(e.to_string()))?;
-        // The StatefulSet (what runs, with which privileges) is replaced when it differs in
-        // any way, additions included; an apply would keep fields others added.
-        if stamped && self.kind == "StatefulSet" {
+        // The StatefulSet and the Service are replaced when they differ in any way,
+        // additions included; an apply would keep fields others added. A replace of the
+        // Service leaves `clusterIP(s)` out and the API server keeps the allocated ones
+        // (and the IP families); node ports someone's `type: NodePort` got are released.
+        if stamped && self.removes_additions() {
             if drift::contains(&live, &self.obj) && !self.has_additions(&api, &live_obj).await? {
                 return Ok(Plan::Unchanged);
             }
@@ -1142,7 +1173,8 @@ impl Desired {
                 server = %format!("{ns}/{}", hs.name_any()),
                 kind = %self.kind,
                 name = %self.name,
-                "repairing a change made outside the operator (replacing the StatefulSet)"
+                "repairing a change made outside the operator (replacing the {})",
+                self.kind
             );
             return Ok(Plan::Apply(Desired {
                 replace_rv: live_obj.metadata.resource_version.clone(),
