@@ -179,6 +179,20 @@ async fn a_managed_server_gets_its_children_and_a_ready_pod() {
         let now = secrets.get("hs-keys").await.unwrap();
         assert_eq!(now.data, keys.data, "the keys were rewritten");
     }
+    // The StatefulSet controller drops the claim's owner reference (set while
+    // whenDeleted was Delete) on its own time; deleting the server before that would
+    // let the garbage collector take the volume.
+    wait_for("the volume no longer owned by the StatefulSet", WAIT, || async {
+        let pvc = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
+            .get("data-hs-0")
+            .await
+            .map_err(|e| e.to_string())?;
+        match pvc.metadata.owner_references {
+            Some(refs) if !refs.is_empty() => Err(format!("{refs:?}")),
+            _ => Ok(()),
+        }
+    })
+    .await;
     Api::<HeadscaleServer>::namespaced(client.clone(), &ns)
         .delete("hs", &DeleteParams::foreground())
         .await
