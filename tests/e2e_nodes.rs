@@ -480,7 +480,17 @@ async fn a_foreign_secret_is_never_overwritten() {
     let s = Setup::new("na-foreign", &version, json!({})).await;
     create_key_secret(&s.client, &s.ns, "taken", "do-not-touch").await;
     s.approve("taken", json!({"preAuthKey": {"user": "alice"}})).await;
-    s.wait_phase("taken", "Pending", "SecretConflict").await;
+    let na = s.wait_phase("taken", "Pending", "SecretConflict").await;
+    let ready = status(&na)
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert!(
+        !ready.message.to_lowercase().contains("delete") && ready.message.contains("secretName"),
+        "never invite deleting a Secret the operator does not own: {}",
+        ready.message
+    );
     let secret = Api::<Secret>::namespaced(s.client.clone(), &s.ns)
         .get("taken")
         .await

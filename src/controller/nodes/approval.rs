@@ -711,9 +711,7 @@ async fn mint(
     {
         return Ok(Outcome::Pending {
             reason: reason::SECRET_CONFLICT,
-            message: format!(
-                "Secret {secret_name:?} exists and is not owned by this NodeApproval; the operator does not overwrite it. Delete it or set spec.preAuthKey.secretName"
-            ),
+            message: secret_conflict_message(&secret_name),
             stalled: true,
         });
     }
@@ -769,6 +767,14 @@ async fn mint(
         },
         renewed,
     })
+}
+
+/// Why a key is not written into an existing Secret. It may be anybody's (the
+/// server's API key, another approval's key): never invite deleting it. Pure.
+pub fn secret_conflict_message(secret_name: &str) -> String {
+    format!(
+        "Secret {secret_name:?} exists and is not owned by this NodeApproval; the operator never writes into a Secret it does not own. Choose another name in spec.preAuthKey.secretName"
+    )
 }
 
 /// The Secret a pre-auth key is delivered in, owned by its approval (garbage
@@ -1165,6 +1171,16 @@ mod tests {
         );
         na.spec.hostname = None;
         assert_eq!(hostname_mismatch(&na, "3", "evil"), None, "nothing claimed");
+    }
+
+    #[test]
+    fn a_secret_conflict_never_invites_deleting_the_secret() {
+        let m = secret_conflict_message("corp-api-key");
+        assert!(!m.to_lowercase().contains("delete"), "{m}");
+        assert!(
+            m.contains("spec.preAuthKey.secretName") && m.contains("\"corp-api-key\""),
+            "{m}"
+        );
     }
 
     #[test]
