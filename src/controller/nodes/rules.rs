@@ -162,6 +162,37 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 /// Durations are parsed as everywhere else in the operator (Go's units plus `d`, `w`).
 pub use crate::render::parse_duration;
 
+/// [`parse_duration`], where a value too large to hold (`99999999999999999999h`, or
+/// parts that add up past `u64` milliseconds) is [`Duration::MAX`] rather than
+/// unreadable: it means "very long", and reading it as anything shorter could weaken a
+/// limit or a safety hold. `None` only for text that is no duration at all.
+pub fn parse_duration_saturating(text: &str) -> Option<Duration> {
+    if let Some(d) = parse_duration(text) {
+        return Some(d);
+    }
+    // The same grammar as parse_duration, with no bound on the numbers.
+    let mut rest = text;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        if digits == 0 {
+            return None;
+        }
+        rest = &rest[digits..];
+        let len = if rest.starts_with("ms") {
+            2
+        } else if rest.starts_with(['s', 'm', 'h', 'd', 'w']) {
+            1
+        } else {
+            return None;
+        };
+        rest = &rest[len..];
+    }
+    Some(Duration::MAX)
+}
+
 /// `90m` -> `1h30m0s`-style text for messages.
 pub fn format_duration(d: Duration) -> String {
     let s = d.as_secs();
@@ -274,5 +305,20 @@ mod tests {
         assert_eq!(parse_duration("h"), None);
         assert_eq!(parse_duration("5x"), None);
         assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m0s");
+    }
+
+    #[test]
+    fn a_duration_too_large_to_hold_is_the_longest_not_unreadable() {
+        assert_eq!(parse_duration_saturating("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration_saturating("0"), Some(Duration::ZERO));
+        assert_eq!(
+            parse_duration_saturating("99999999999999999999h"),
+            Some(Duration::MAX)
+        );
+        assert_eq!(parse_duration("99999999999w"), None, "past u64 milliseconds");
+        assert_eq!(parse_duration_saturating("1h99999999999w"), Some(Duration::MAX));
+        for bad in ["", "h", "5x", "1h5", "ms"] {
+            assert_eq!(parse_duration_saturating(bad), None, "{bad}");
+        }
     }
 }
