@@ -97,6 +97,17 @@ pub fn check(rules: &EnrollmentSpec, req: &Request<'_>, user_nodes: usize) -> Re
                 "reusable pre-auth keys are not allowed on this server (spec.enrollment.allowReusableKeys is false)".into(),
             );
         }
+        // One reusable key lets in any number of the user's nodes: it cannot be held to
+        // a quota. (A tagged key's nodes are not the user's: no quota applies.)
+        if key.reusable && rules.max_nodes_per_user > 0 && req.user.is_some() && req.tags.is_empty() {
+            return violation(
+                "maxNodesPerUser",
+                format!(
+                    "a reusable pre-auth key cannot be held to the server's spec.enrollment.maxNodesPerUser ({}): every node that uses it is let in; approve single-use keys",
+                    rules.max_nodes_per_user
+                ),
+            );
+        }
         match parse_duration(&rules.max_pre_auth_key_lifetime) {
             Some(max) if max.is_zero() => {
                 return violation(
@@ -248,6 +259,10 @@ mod tests {
             ("reusable refused by default", EnrollmentSpec::default(), Request { user: Some("a"), key: key("1h", true), ..Default::default() }, 0, Some("allowReusableKeys")),
             ("reusable allowed", rules(|r| r.allow_reusable_keys = true), Request { user: Some("a"), key: key("1h", true), ..Default::default() }, 0, None),
             ("unreadable limit refuses", rules(|r| r.max_pre_auth_key_lifetime = "99999999999999999999h".into()), Request { user: Some("a"), key: key("1h", false), ..Default::default() }, 0, Some("maxPreAuthKeyLifetime")),
+            ("reusable under a quota", rules(|r| { r.allow_reusable_keys = true; r.max_nodes_per_user = 5 }), Request { user: Some("a"), key: key("1h", true), ..Default::default() }, 0, Some("maxNodesPerUser")),
+            ("tagged reusable under a quota", rules(|r| { r.allow_reusable_keys = true; r.max_nodes_per_user = 5 }), Request { tags: &tags, key: key("1h", true), ..Default::default() }, 0, None),
+            ("single-use under a quota", rules(|r| r.max_nodes_per_user = 5), Request { user: Some("a"), key: key("1h", false), ..Default::default() }, 0, None),
+            ("a lifetime too large to hold", EnrollmentSpec::default(), Request { user: Some("a"), key: Some(KeyRequest { lifetime: Duration::MAX, reusable: false }), ..Default::default() }, 0, Some("maxPreAuthKeyLifetime")),
             ("limit 0 allows no key", rules(|r| r.max_pre_auth_key_lifetime = "0".into()), Request { user: Some("a"), key: key("1h", false), ..Default::default() }, 0, Some("maxPreAuthKeyLifetime")),
         ];
         for (name, rules, req, count, want) in table {
@@ -270,6 +285,30 @@ mod tests {
         .unwrap_err();
         assert!(
             v.message.contains("spec.enrollment.allowedUsers"),
+            "{}",
+            v.message
+        );
+    }
+
+    #[test]
+    fn a_reusable_key_under_a_quota_says_why() {
+        let r = rules(|r| {
+            r.allow_reusable_keys = true;
+            r.max_nodes_per_user = 2
+        });
+        let v = check(
+            &r,
+            &Request {
+                user: Some("alice"),
+                key: key("1h", true),
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap_err();
+        assert_eq!(v.rule, "maxNodesPerUser");
+        assert!(
+            v.message.contains("reusable pre-auth key cannot be held"),
             "{}",
             v.message
         );
