@@ -97,6 +97,13 @@ pub fn expected(approvals: &[NodeApproval], server: &str) -> Expected {
     let mut e = Expected::default();
     for a in approvals.iter().filter(|a| a.spec.server_ref.name == server) {
         let Some(status) = &a.status else { continue };
+        // A node whose tags were refused (recorded so by an older operator) is not the
+        // restricted tagged node that was approved.
+        if conditions::find(&status.conditions, conditions::READY)
+            .is_some_and(|c| c.reason == crate::api::conditions::reason::TAGS_REJECTED)
+        {
+            continue;
+        }
         // A node that is not the host the approval claimed is not accounted for (nor is
         // anything else its key let in).
         if let (Some(claimed), Some(node)) = (&a.spec.hostname, &status.node)
@@ -527,6 +534,15 @@ mod tests {
         let e = expected(&[claimed, honest], "corp");
         assert_eq!(e.nodes, [NodeId(7)].into_iter().collect());
         assert!(e.keys.is_empty());
+
+        // A node whose tags were refused is not what was approved.
+        let untagged = mk(
+            "g",
+            "corp",
+            json!({"node": {"id": "8", "name": "n"}, "conditions": [{"type": "Ready", "status": "False",
+                "reason": "TagsRejected", "message": "m", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}),
+        );
+        assert!(expected(&[untagged], "corp").nodes.is_empty());
     }
 
     fn server(ns: &str, name: &str, url: &str, endpoint: Option<&str>) -> Arc<HeadscaleServer> {
@@ -576,7 +592,10 @@ mod tests {
             vec!["team-b/corp".to_string(), "team-d/late".to_string()],
             "same scheme, host and port, whatever the case and the trailing slash"
         );
-        assert!(sharing_endpoint(&a, std::slice::from_ref(&a)).is_empty(), "not itself");
+        assert!(
+            sharing_endpoint(&a, std::slice::from_ref(&a)).is_empty(),
+            "not itself"
+        );
         let m = shared_endpoint_message(&sharing_endpoint(&a, &all));
         assert!(
             m.contains("team-b/corp") && m.contains("no expire, delete or prune"),
