@@ -213,7 +213,21 @@ async fn a_registration_whose_answer_was_lost_finds_its_node() {
 #[tokio::test]
 async fn the_quota_counts_keys_not_used_yet() {
     let version = headscale_versions().pop().unwrap();
-    let s = Setup::new("na-quota", &version, json!({"maxNodesPerUser": 1})).await;
+    let s = Setup::new(
+        "na-quota",
+        &version,
+        json!({"maxNodesPerUser": 1, "allowReusableKeys": true}),
+    )
+    .await;
+    // A user Headscale does not have: as without a quota.
+    s.approve("ghost", json!({"preAuthKey": {"user": "ghost"}})).await;
+    s.wait_phase("ghost", "Pending", "UserNotFound").await;
+    // One reusable key would let in any number of nodes.
+    s.approve("many", json!({"preAuthKey": {"user": "alice", "reusable": true}}))
+        .await;
+    let na = s.wait_phase("many", "Refused", "EnrollmentRefused").await;
+    assert_eq!(status(&na).refused_by.as_deref(), Some("maxNodesPerUser"));
+    assert!(s.hs.client().list_pre_auth_keys().await.unwrap().is_empty());
     s.approve(
         "first",
         json!({"preAuthKey": {"user": "alice", "expiration": "6s"}}),
@@ -480,7 +494,17 @@ async fn a_foreign_secret_is_never_overwritten() {
     let s = Setup::new("na-foreign", &version, json!({})).await;
     create_key_secret(&s.client, &s.ns, "taken", "do-not-touch").await;
     s.approve("taken", json!({"preAuthKey": {"user": "alice"}})).await;
-    s.wait_phase("taken", "Pending", "SecretConflict").await;
+    let na = s.wait_phase("taken", "Pending", "SecretConflict").await;
+    let ready = status(&na)
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert!(
+        !ready.message.to_lowercase().contains("delete") && ready.message.contains("secretName"),
+        "never invite deleting a Secret the operator does not own: {}",
+        ready.message
+    );
     let secret = Api::<Secret>::namespaced(s.client.clone(), &s.ns)
         .get("taken")
         .await
@@ -1168,4 +1192,69 @@ async fn the_decision_webhook_allows_denies_and_a_timeout_denies() {
     s.wait_event("ticket-box", "Warning", "EnrollmentRefused").await;
     assert!(client.list_nodes(None).await.unwrap().is_empty());
     s.hs.register_with_cli("alice", &auth_id);
+}
+
+/// Tags that cannot be applied never leave an untagged node of the user behind (it
+/// would have the user's access): refused before registering when the served policy
+/// does not own them, and the node deleted when Headscale refuses them afterwards.
+#[tokio::test]
+async fn tags_nobody_owns_let_no_untagged_node_in() {
+    let version = headscale_versions().pop().unwrap();
+    let s = Setup::new("na-tags", &version, json!({})).await;
+    s.hs.client()
+        .set_policy(r#"{"tagOwners": {"tag:ci": ["alice@"]}, "acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}"#)
+        .await
+        .unwrap();
+    let auth_id = s.hs.plant_pending_node("alice", "tagged", &[]);
+    s.approve(
+        "tagged",
+        json!({"registration": {"authId": auth_id, "user": "alice", "tags": ["tag:nobodyowns"]}}),
+    )
+    .await;
+    let na = s.wait_phase("tagged", "Pending", "TagsRejected").await;
+    assert!(status(&na).node.is_none());
+    assert!(
+        s.hs.client().list_nodes(None).await.unwrap().is_empty(),
+        "nothing registered"
+    );
+}
+
+/// Two HeadscaleServer objects pointing at the same Headscale each see the other's
+/// approved nodes as unexpected: neither audit acts, both say why.
+#[tokio::test]
+async fn a_shared_endpoint_holds_the_audit() {
+    let version = headscale_versions().pop().unwrap();
+    let s = Setup::new("na-shared", &version, json!({})).await;
+    let auth_id = s.hs.plant_pending_node("alice", "laptop", &[]);
+    s.approve(
+        "laptop",
+        json!({"registration": {"authId": auth_id, "user": "alice"}}),
+    )
+    .await;
+    s.wait_phase("laptop", "Approved", "Registered").await;
+    let twin: headscale_operator::api::HeadscaleServer = serde_json::from_value(json!({
+        "apiVersion": "headscale.operator.dev/v1alpha1",
+        "kind": "HeadscaleServer",
+        "metadata": {"name": "twin"},
+        "spec": {
+            "external": {"url": s.hs.url, "apiKeySecretRef": {"name": "key"}},
+            "nodes": {"unexpected": "Delete", "pruning": {"restartGrace": "0"}},
+        },
+    }))
+    .unwrap();
+    let servers = Api::<headscale_operator::api::HeadscaleServer>::namespaced(s.client.clone(), &s.ns);
+    servers.create(&PostParams::default(), &twin).await.unwrap();
+    let note = s.wait_event("twin", "Warning", "SharedEndpoint").await;
+    assert!(note.contains("corp"), "{note}");
+    // Past the 15 s in which a new node is not judged, at a 2 s resync.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(
+        s.hs.client().list_nodes(None).await.unwrap().len(),
+        1,
+        "the twin's audit deleted nothing"
+    );
+    let held = servers.get("twin").await.unwrap().status.and_then(|st| st.nodes);
+    let held = held.and_then(|n| n.pruning_held).unwrap_or_default();
+    assert!(held.contains("same endpoint"), "{held}");
+    servers.delete("twin", &Default::default()).await.unwrap();
 }

@@ -10,7 +10,7 @@
 pub mod client;
 pub mod error;
 #[cfg(test)]
-mod fake_server;
+pub(crate) mod fake_server;
 #[cfg(test)]
 mod faults;
 mod keys;

@@ -21,7 +21,7 @@ use super::webhook;
 use super::{CONTROLLER, FIELD_MANAGER, State, object_key};
 use crate::api::approval::{AUTH_KEY_SECRET_KEY, ApprovedNode, IssuedKey, PreAuthKeySpec, RegistrationSpec};
 use crate::api::conditions::{self, reason};
-use crate::api::server::EnrollmentSpec;
+use crate::api::server::{DecisionWebhookSpec, EnrollmentSpec};
 use crate::api::{HeadscaleServer, NodeApproval, NodeApprovalStatus};
 use crate::controller::connect;
 use crate::headscale::{self, Node, PreAuthKey, PreAuthKeyId};
@@ -104,16 +104,72 @@ pub enum Outcome {
     Refused(Violation),
     /// Terminal until the spec changes.
     Failed { reason: &'static str, message: String },
-    /// A key is in its Secret, not used yet.
-    KeyIssued { key: IssuedKey, renewed: bool },
+    /// A key is in its Secret, not used yet (a reusable one: still valid;
+    /// `used_by` is how many nodes registered with it so far).
+    KeyIssued {
+        key: IssuedKey,
+        renewed: bool,
+        used_by: Option<usize>,
+    },
     /// The node is registered (or the key was used).
     Approved {
         reason: &'static str,
         node: Option<ApprovedNode>,
         key: Option<IssuedKey>,
-        /// Registered, but something after it failed (e.g. tags).
+        /// Registered, but something after it failed (e.g. the hostname).
         warning: Option<(&'static str, String)>,
+        /// Said after what was registered (e.g. how many nodes a reusable key let in).
+        note: Option<String>,
     },
+}
+
+/// Why a decision stopped before an outcome: an error, or the decision webhook must
+/// be asked first (with no lock held: see [`reconcile`]).
+#[derive(Debug)]
+pub enum Interrupt {
+    Error(Error),
+    Ask(Box<Ask>),
+}
+
+impl From<Error> for Interrupt {
+    fn from(e: Error) -> Self {
+        Interrupt::Error(e)
+    }
+}
+
+impl From<headscale::Error> for Interrupt {
+    fn from(e: headscale::Error) -> Self {
+        Interrupt::Error(e.into())
+    }
+}
+
+impl From<connect::ReadSecretError> for Interrupt {
+    fn from(e: connect::ReadSecretError) -> Self {
+        Interrupt::Error(e.into())
+    }
+}
+
+/// A question for the decision webhook: which one, and the review to send.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ask {
+    pub hook: DecisionWebhookSpec,
+    pub review: webhook::Review,
+}
+
+/// What the decision webhook said in this reconcile.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Gate {
+    /// Not asked yet: the rules stop at it and return [`Interrupt::Ask`].
+    #[default]
+    Unasked,
+    /// It allowed exactly this question (the same webhook, the same review).
+    Allowed(Box<Ask>),
+}
+
+/// Whether the webhook's answer covers `ask`: the webhook allowed this very question
+/// (a webhook changed or a request changed since must be asked again). Pure.
+pub fn gate_allows(gate: &Gate, ask: &Ask) -> bool {
+    matches!(gate, Gate::Allowed(allowed) if **allowed == *ask)
 }
 
 pub async fn reconcile(na: Arc<NodeApproval>, state: Arc<State>) -> Result<Action, Error> {
@@ -170,9 +226,38 @@ async fn reconcile_inner(na: &NodeApproval, state: &State) -> Result<Action, Err
 
     // One approval of a server at a time, from the rules to the status write: a quota
     // counts the keys other approvals hold, so two at once must not both fit in it.
+    // The decision webhook is asked with no lock held (a slow one would hold up every
+    // approval of the server, and interactive auth ids expire while they wait); the
+    // rules are checked again under the lock before anything is done.
     let lock = state.enrollment_lock(&ns, &na.spec.server_ref.name);
-    let _one_at_a_time = lock.lock().await;
-    let outcome = decide(na, state, &ns, &old).await?;
+    let mut gate = Gate::Unasked;
+    let mut asked = 0;
+    let (outcome, _one_at_a_time) = loop {
+        let guard = lock.clone().lock_owned().await;
+        match decide(na, state, &ns, &old, &gate).await {
+            Ok(outcome) => break (outcome, Some(guard)),
+            Err(Interrupt::Error(e)) => return Err(e),
+            Err(Interrupt::Ask(ask)) => {
+                drop(guard);
+                asked += 1;
+                match ask_webhook(na, &ask).await {
+                    Err(v) => break (Outcome::Refused(v), None),
+                    // What it allowed changed under the lock (the webhook, the request):
+                    // asked again, a few times at most.
+                    Ok(()) if asked > 3 => {
+                        break (
+                            Outcome::Refused(Violation {
+                                rule: webhook::RULE,
+                                message: "the decision webhook or the request kept changing while the webhook was asked; asked again at the next resync".into(),
+                            }),
+                            None,
+                        );
+                    }
+                    Ok(()) => gate = Gate::Allowed(ask),
+                }
+            }
+        }
+    };
     let now = Timestamp::now();
     let new = desired_status(generation, &old, &outcome, now);
     if let Some(uid) = na.uid() {
@@ -195,7 +280,10 @@ async fn reconcile_inner(na: &NodeApproval, state: &State) -> Result<Action, Err
     }
 
     let mut events = Vec::new();
-    if let Outcome::KeyIssued { renewed: true, key } = &outcome {
+    if let Outcome::KeyIssued {
+        renewed: true, key, ..
+    } = &outcome
+    {
         events.push(Event {
             type_: EventType::Normal,
             reason: reason::KEY_RENEWED.into(),
@@ -270,7 +358,8 @@ async fn decide(
     state: &State,
     ns: &str,
     old: &NodeApprovalStatus,
-) -> Result<Outcome, Error> {
+    gate: &Gate,
+) -> Result<Outcome, Interrupt> {
     let ctx = &state.ctx;
     let server_name = &na.spec.server_ref.name;
     if !na.spec.approved && old.node.is_none() && old.pre_auth_key.is_none() {
@@ -289,6 +378,7 @@ async fn decide(
             node: Some(node.clone()),
             key: None,
             warning: hostname_mismatch(na, &node.id, &node.name).or(kept),
+            note: None,
         });
     }
     let servers: Api<HeadscaleServer> = Api::namespaced(ctx.client.clone(), ns);
@@ -317,8 +407,10 @@ async fn decide(
         }
     };
     match (&na.spec.registration, &na.spec.pre_auth_key) {
-        (Some(reg), _) => register(na, state, &hs.spec.enrollment, &client, reg).await,
-        (None, Some(pak)) => pre_auth_key(&ctx.client, na, ns, &hs.spec.enrollment, &client, pak, old).await,
+        (Some(reg), _) => register(na, state, &hs.spec.enrollment, &client, reg, gate).await,
+        (None, Some(pak)) => {
+            pre_auth_key(&ctx.client, na, ns, &hs.spec.enrollment, &client, pak, old, gate).await
+        }
         (None, None) => Ok(Outcome::Failed {
             reason: reason::INVALID_SPEC,
             message: "set spec.registration or spec.preAuthKey".into(),
@@ -326,23 +418,37 @@ async fn decide(
     }
 }
 
-/// Checks the rules (counting the user's nodes only when a quota needs it), then asks
-/// the decision webhook when the server has one.
+/// Checks the rules (counting the user's nodes only when a quota needs it), then the
+/// decision webhook's answer when the server has one: not asked yet, it stops the
+/// decision ([`Interrupt::Ask`]) so that it is asked with no lock held.
 async fn check_rules(
     na: &NodeApproval,
     rules: &EnrollmentSpec,
     req: &Request<'_>,
     ephemeral: bool,
     client: &headscale::Client,
-) -> Result<Result<(), Violation>, Error> {
+    gate: &Gate,
+) -> Result<Result<(), Violation>, Interrupt> {
     if let Err(v) = check_local_rules(rules, req, client).await? {
         return Ok(Err(v));
     }
     let Some(hook) = &rules.decision_webhook else {
         return Ok(Ok(()));
     };
+    let ask = Ask {
+        hook: hook.clone(),
+        review: review(na, req, ephemeral),
+    };
+    if gate_allows(gate, &ask) {
+        return Ok(Ok(()));
+    }
+    Err(Interrupt::Ask(Box::new(ask)))
+}
+
+/// What the decision webhook is asked about an approval. Pure.
+pub fn review(na: &NodeApproval, req: &Request<'_>, ephemeral: bool) -> webhook::Review {
     let ns = na.namespace().unwrap_or_default();
-    let review = webhook::Review::new(webhook::ReviewRequest {
+    webhook::Review::new(webhook::ReviewRequest {
         uid: format!(
             "{}/{}",
             na.uid().unwrap_or_default(),
@@ -371,16 +477,20 @@ async fn check_rules(
             reusable: k.reusable,
             ephemeral,
         }),
-    });
-    let decision = webhook::ask(hook, &review).await;
+    })
+}
+
+/// Asks the decision webhook (no lock is held here) and logs the decision.
+async fn ask_webhook(na: &NodeApproval, ask: &Ask) -> Result<(), Violation> {
+    let decision = webhook::ask(&ask.hook, &ask.review).await;
     tracing::info!(
         approval = %object_key(na),
-        webhook = %webhook::origin(&hook.url),
+        webhook = %webhook::origin(&ask.hook.url),
         allowed = decision.is_ok(),
         detail = %decision.as_ref().err().map(|v| v.message.as_str()).unwrap_or(""),
         "enrollment decision webhook"
     );
-    Ok(decision)
+    decision
 }
 
 async fn check_local_rules(
@@ -389,7 +499,10 @@ async fn check_local_rules(
     client: &headscale::Client,
 ) -> Result<Result<(), Violation>, Error> {
     let count = match req.user {
-        Some(user) if rules::needs_node_count(rules, req) => {
+        // A user Headscale does not have owns nothing (and listing its nodes is an
+        // error): the rules are judged as without a quota, and the caller's user
+        // lookup says UserNotFound.
+        Some(user) if rules::needs_node_count(rules, req) && client.find_user(user).await?.is_some() => {
             let nodes = client
                 .list_nodes(Some(user))
                 .await?
@@ -422,14 +535,15 @@ async fn register(
     rules: &EnrollmentSpec,
     client: &headscale::Client,
     reg: &RegistrationSpec,
-) -> Result<Outcome, Error> {
+    gate: &Gate,
+) -> Result<Outcome, Interrupt> {
     let req = Request {
         user: Some(&reg.user),
         tags: &reg.tags,
         hostname: na.spec.hostname.as_deref(),
         key: None,
     };
-    if let Err(v) = check_rules(na, rules, &req, false, client).await? {
+    if let Err(v) = check_rules(na, rules, &req, false, client, gate).await? {
         return Ok(Outcome::Refused(v));
     }
     if client.find_user(&reg.user).await?.is_none() {
@@ -437,6 +551,23 @@ async fn register(
             reason: reason::USER_NOT_FOUND,
             message: format!(
                 "Headscale has no user {:?}; create it (the pending registration expires 15 minutes after `tailscale up`)",
+                reg.user
+            ),
+            stalled: true,
+        });
+    }
+    // Tags Headscale would refuse are refused before the node is let in: registered
+    // untagged, it would have the user's access instead of the tagged node's.
+    // (From 0.28 Headscale tags only with tags owned in the policy's tagOwners.)
+    if !reg.tags.is_empty()
+        && client.api_shape().await?.0.at_least(0, 28)
+        && let Ok(Some(policy)) = client.get_policy().await
+        && let Some(missing) = unowned_tags(&policy.policy, &reg.tags)
+    {
+        return Ok(Outcome::Pending {
+            reason: reason::TAGS_REJECTED,
+            message: format!(
+                "the tags {missing:?} are not in the tagOwners of the policy Headscale serves, so Headscale would refuse them and the node would get user {:?}'s access: nothing is registered. Add them to the policy (an AclPolicy); the pending registration expires 15 minutes after `tailscale up`",
                 reg.user
             ),
             stalled: true,
@@ -461,12 +592,8 @@ async fn register(
                 if let [node] = found[..] {
                     tracing::info!(approval = %object_key(na), node_id = %node.id, node = %node.name,
                         "an earlier registration got no answer; found the node it registered");
-                    return Ok(Outcome::Approved {
-                        reason: reason::REGISTERED,
-                        node: Some(approved_node(node, Timestamp::now())),
-                        key: None,
-                        warning: hostname_mismatch(na, &node.id.to_string(), &node.name),
-                    });
+                    let node = node.clone();
+                    return Ok(tag_or_remove(na, client, reg, node).await);
                 }
                 if !found.is_empty() {
                     let ids: Vec<String> = found.iter().map(|n| format!("{} ({})", n.id, n.name)).collect();
@@ -489,28 +616,88 @@ async fn register(
         }
         Err(e) => return Err(e.into()),
     };
-    let mut warning = None;
+    Ok(tag_or_remove(na, client, reg, node).await)
+}
+
+/// The tags of `tags` that are not keys of `tagOwners` in the policy `text` (HuJSON);
+/// `None` when all are owned or the policy cannot be read (then Headscale's answer to
+/// the tagging decides). Pure.
+pub fn unowned_tags(text: &str, tags: &[String]) -> Option<Vec<String>> {
+    let policy = crate::policy::hujson::parse(text).ok()?;
+    let owners = policy.get("tagOwners").and_then(|o| o.as_object());
+    let missing: Vec<String> = tags
+        .iter()
+        .filter(|t| owners.is_none_or(|o| !o.contains_key(t.as_str())))
+        .cloned()
+        .collect();
+    (!missing.is_empty()).then_some(missing)
+}
+
+/// Tags a node just registered as asked. Fails closed: a node whose tags Headscale
+/// refused is not left in as an untagged node of the user (it would have the user's
+/// access, not the restricted tagged node's): it is deleted (expired when it cannot
+/// be), the outcome is a terminal failure and the approval accounts for no node.
+async fn tag_or_remove(
+    na: &NodeApproval,
+    client: &headscale::Client,
+    reg: &RegistrationSpec,
+    node: Node,
+) -> Outcome {
     let mut node = node;
-    if !reg.tags.is_empty() {
-        match client.set_tags(node.id, &reg.tags).await {
-            Ok(tagged) => node = tagged,
-            Err(e) => {
-                warning = Some((
-                    reason::TAGS_REJECTED,
-                    format!(
-                        "node {} is registered as user {:?}, but Headscale refused the tags {:?}: {e}",
-                        node.id, reg.user, reg.tags
-                    ),
-                ))
+    if !reg.tags.is_empty() && !has_tags(&node, &reg.tags) {
+        let refused = match client.set_tags(node.id, &reg.tags).await {
+            Ok(tagged) if has_tags(&tagged, &reg.tags) => {
+                node = tagged;
+                None
             }
+            Ok(tagged) => Some(format!("Headscale left the node with tags {:?}", tagged.tags)),
+            // An answer lost on the way may hide a tagging that was done.
+            Err(e) if e.is_transient() => match client.get_node(node.id).await {
+                Ok(now) if has_tags(&now, &reg.tags) => {
+                    node = now;
+                    None
+                }
+                _ => Some(e.to_string()),
+            },
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(why) = refused {
+            let removed = match client.delete_node(node.id).await {
+                Ok(()) | Err(headscale::Error::NotFound { .. }) => "was deleted".to_string(),
+                Err(delete) => match client.expire_node(node.id, headscale::ExpiryChange::Now).await {
+                    Ok(_) => format!("could not be deleted ({delete}) and was expired; delete it"),
+                    Err(expire) => format!(
+                        "could not be deleted ({delete}) nor expired ({expire}); delete it by hand. The audit counts it unexpected"
+                    ),
+                },
+            };
+            tracing::warn!(approval = %object_key(na), node_id = %node.id, tags = ?reg.tags, %why, %removed,
+                "the tags of a registered node were refused: fail closed");
+            return Outcome::Failed {
+                reason: reason::TAGS_REJECTED,
+                message: tags_rejected_message(&node, reg, &why, &removed),
+            };
         }
     }
-    Ok(Outcome::Approved {
+    Outcome::Approved {
         reason: reason::REGISTERED,
         node: Some(approved_node(&node, Timestamp::now())),
         key: None,
-        warning: hostname_mismatch(na, &node.id.to_string(), &node.name).or(warning),
-    })
+        warning: hostname_mismatch(na, &node.id.to_string(), &node.name),
+        note: None,
+    }
+}
+
+fn has_tags(node: &Node, tags: &[String]) -> bool {
+    tags.iter().all(|t| node.tags.contains(t))
+}
+
+/// The terminal failure of a registration whose tags were refused. Pure.
+pub fn tags_rejected_message(node: &Node, reg: &RegistrationSpec, why: &str, removed: &str) -> String {
+    format!(
+        "Headscale refused the tags {:?} ({why}), so node {} ({}) would have been an untagged node of user {:?} with that user's access: it {removed}, and this approval accounts for no node. Make the tags owned in the policy (tagOwners), run `tailscale up` again and approve the new auth id in a new NodeApproval",
+        reg.tags, node.id, node.name, reg.user
+    )
 }
 
 /// The node an approval let in must be the host it claimed (`spec.hostname`, which the
@@ -566,12 +753,17 @@ pub enum KeyState {
 pub fn key_state(key: Option<&PreAuthKey>, now: Timestamp) -> KeyState {
     match key {
         None => KeyState::Missing,
+        // Headscale never marks a reusable key used: it is usable until it expires, and
+        // the nodes that registered with it say what it did.
+        Some(k) if k.reusable && k.is_expired(now) => KeyState::Expired,
+        Some(k) if k.reusable => KeyState::Unused,
         Some(k) if k.used => KeyState::Used,
         Some(k) if k.is_expired(now) => KeyState::Expired,
         Some(_) => KeyState::Unused,
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn pre_auth_key(
     kube: &kube::Client,
     na: &NodeApproval,
@@ -580,19 +772,53 @@ async fn pre_auth_key(
     client: &headscale::Client,
     pak: &PreAuthKeySpec,
     old: &NodeApprovalStatus,
-) -> Result<Outcome, Error> {
+    gate: &Gate,
+) -> Result<Outcome, Interrupt> {
     let Some(issued) = &old.pre_auth_key else {
-        return mint(kube, na, ns, rules, client, pak, false).await;
+        return mint(kube, na, ns, rules, client, pak, false, gate).await;
     };
     let id: Option<PreAuthKeyId> = issued.id.parse().ok();
     let keys = client.list_pre_auth_keys().await?;
     let now = Timestamp::now();
     let listed = id.and_then(|id| keys.iter().find(|k| k.id == id));
-    match key_state(listed, now) {
+    let reusable = pak.reusable || listed.is_some_and(|k| k.reusable);
+    let state = key_state(listed, now);
+    // The nodes that registered with a reusable key (the node list carries the key).
+    let used_by: Vec<Node> = if reusable && id.is_some() && state != KeyState::Missing {
+        let mut nodes: Vec<Node> = client
+            .list_nodes(None)
+            .await?
+            .into_iter()
+            .filter(|n| n.pre_auth_key_id == id)
+            .collect();
+        nodes.sort_by_key(|n| (n.created_at, n.id));
+        nodes
+    } else {
+        Vec::new()
+    };
+    match state {
         KeyState::Unused => Ok(Outcome::KeyIssued {
-            key: issued.clone(),
+            key: IssuedKey {
+                used: !used_by.is_empty(),
+                ..issued.clone()
+            },
             renewed: false,
+            used_by: reusable.then_some(used_by.len()),
         }),
+        KeyState::Expired if !used_by.is_empty() => {
+            // A reusable key that let nodes in did its work: a record, like a used key.
+            let last = used_by.last().map(|n| approved_node(n, now));
+            Ok(Outcome::Approved {
+                reason: reason::KEY_USED,
+                node: last,
+                key: Some(IssuedKey {
+                    used: true,
+                    ..issued.clone()
+                }),
+                warning: None,
+                note: Some(reusable_expired_note(&issued.id, &used_by)),
+            })
+        }
         KeyState::Used => {
             let nodes = client.list_nodes(None).await?;
             let node = nodes.iter().find(|n| n.pre_auth_key_id == id);
@@ -604,6 +830,7 @@ async fn pre_auth_key(
                     ..issued.clone()
                 }),
                 warning: node.and_then(|n| hostname_mismatch(na, &n.id.to_string(), &n.name)),
+                note: None,
             })
         }
         state @ (KeyState::Expired | KeyState::Missing) => {
@@ -619,7 +846,7 @@ async fn pre_auth_key(
             // A renewal is a new key: like the first one, it needs `approved: true`, so a
             // requester cannot get keys minted by setting `renew` on an approved record.
             if pak.renew && na.spec.approved {
-                return mint(kube, na, ns, rules, client, pak, true).await;
+                return mint(kube, na, ns, rules, client, pak, true, gate).await;
             }
             let waiting = if pak.renew {
                 "; the renewal waits for an approver to set spec.approved to true"
@@ -629,7 +856,16 @@ async fn pre_auth_key(
             Ok(if state == KeyState::Expired {
                 Outcome::Failed {
                     reason: reason::KEY_EXPIRED,
-                    message: format!("pre-auth key {} expired unused{waiting}", issued.id),
+                    message: if reusable {
+                        // Headscale does not say whether a reusable key was used; a node
+                        // deleted since may have.
+                        format!(
+                            "reusable pre-auth key {} expired; no node that registered with it is on the server{waiting}",
+                            issued.id
+                        )
+                    } else {
+                        format!("pre-auth key {} expired unused{waiting}", issued.id)
+                    },
                 }
             } else {
                 Outcome::Failed {
@@ -645,6 +881,36 @@ async fn pre_auth_key(
     }
 }
 
+/// What an expired reusable key did. Pure.
+pub fn reusable_expired_note(key_id: &str, used_by: &[Node]) -> String {
+    const SHOWN: usize = 10;
+    let mut ids: Vec<String> = used_by
+        .iter()
+        .take(SHOWN)
+        .map(|n| format!("{} ({})", n.id, n.name))
+        .collect();
+    if used_by.len() > SHOWN {
+        ids.push(format!("and {} more", used_by.len() - SHOWN));
+    }
+    format!(
+        "reusable pre-auth key {key_id} expired; {} node(s) registered with it: {}",
+        used_by.len(),
+        ids.join(", ")
+    )
+}
+
+/// The InvalidSpec failure of a key's `expiration` (immutable: the fix is another
+/// approval). Pure.
+pub fn invalid_expiration(expiration: &str, why: &str) -> Outcome {
+    Outcome::Failed {
+        reason: reason::INVALID_SPEC,
+        message: format!(
+            "spec.preAuthKey.expiration {expiration:?} {why}; it cannot be changed (a minted key cannot): create another NodeApproval with a valid one"
+        ),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn mint(
     kube: &kube::Client,
     na: &NodeApproval,
@@ -653,17 +919,16 @@ async fn mint(
     client: &headscale::Client,
     pak: &PreAuthKeySpec,
     renewed: bool,
-) -> Result<Outcome, Error> {
+    gate: &Gate,
+) -> Result<Outcome, Interrupt> {
     const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
-    let Some(lifetime) = rules::parse_duration(&pak.expiration).filter(|d| !d.is_zero() && *d <= CENTURY)
-    else {
-        return Ok(Outcome::Failed {
-            reason: reason::INVALID_SPEC,
-            message: format!(
-                "spec.preAuthKey.expiration {:?} must be more than 0 and at most 100 years",
-                pak.expiration
-            ),
-        });
+    // Too large to hold is the longest: the server's maxPreAuthKeyLifetime refuses it
+    // by name rather than this calling it malformed.
+    let Some(lifetime) = rules::parse_duration_saturating(&pak.expiration).filter(|d| !d.is_zero()) else {
+        return Ok(invalid_expiration(
+            &pak.expiration,
+            "is not a duration of more than 0",
+        ));
     };
     let req = Request {
         user: pak.user.as_deref(),
@@ -674,8 +939,11 @@ async fn mint(
             reusable: pak.reusable,
         }),
     };
-    if let Err(v) = check_rules(na, rules, &req, pak.ephemeral, client).await? {
+    if let Err(v) = check_rules(na, rules, &req, pak.ephemeral, client, gate).await? {
         return Ok(Outcome::Refused(v));
+    }
+    if lifetime > CENTURY {
+        return Ok(invalid_expiration(&pak.expiration, "is more than 100 years"));
     }
     let user = match &pak.user {
         None => None,
@@ -691,7 +959,7 @@ async fn mint(
         },
     };
     let secret_name = pak.secret_name.clone().unwrap_or_else(|| na.name_any());
-    let uid = na.uid().ok_or(Error::MissingMetadata)?;
+    let uid = na.uid().ok_or(Interrupt::Error(Error::MissingMetadata))?;
     let secrets: Api<Secret> = Api::namespaced(kube.clone(), ns);
     // Never write into somebody else's Secret: only a missing one or our own.
     let existing = secrets
@@ -700,7 +968,8 @@ async fn mint(
         .map_err(|source| Error::GetSecret {
             name: secret_name.clone(),
             source,
-        })?;
+        })
+        .map_err(Interrupt::Error)?;
     if let Some(meta) = existing
         && !meta
             .metadata
@@ -711,9 +980,7 @@ async fn mint(
     {
         return Ok(Outcome::Pending {
             reason: reason::SECRET_CONFLICT,
-            message: format!(
-                "Secret {secret_name:?} exists and is not owned by this NodeApproval; the operator does not overwrite it. Delete it or set spec.preAuthKey.secretName"
-            ),
+            message: secret_conflict_message(&secret_name),
             stalled: true,
         });
     }
@@ -747,7 +1014,8 @@ async fn mint(
         return Err(Error::ApplySecret {
             name: secret_name,
             source,
-        });
+        }
+        .into());
     }
     tracing::info!(
         approval = %object_key(na),
@@ -768,7 +1036,16 @@ async fn mint(
             used: false,
         },
         renewed,
+        used_by: pak.reusable.then_some(0),
     })
+}
+
+/// Why a key is not written into an existing Secret. It may be anybody's (the
+/// server's API key, another approval's key): never invite deleting it. Pure.
+pub fn secret_conflict_message(secret_name: &str) -> String {
+    format!(
+        "Secret {secret_name:?} exists and is not owned by this NodeApproval; the operator never writes into a Secret it does not own. Choose another name in spec.preAuthKey.secretName"
+    )
 }
 
 /// The Secret a pre-auth key is delivered in, owned by its approval (garbage
@@ -854,9 +1131,10 @@ pub fn desired_status(
             )
         }
         Outcome::Failed { reason, message } => (phase::FAILED, false, *reason, message.clone(), true),
-        Outcome::KeyIssued { key, .. } => {
-            let msg = format!(
-                "pre-auth key {} is in Secret {} (key {AUTH_KEY_SECRET_KEY}), valid until {}",
+        Outcome::KeyIssued { key, used_by, .. } => {
+            let mut msg = format!(
+                "{}pre-auth key {} is in Secret {} (key {AUTH_KEY_SECRET_KEY}), valid until {}",
+                if used_by.is_some() { "reusable " } else { "" },
                 key.id,
                 key.secret_name,
                 key.expiration
@@ -864,6 +1142,9 @@ pub fn desired_status(
                     .map(|t| t.0.to_string())
                     .unwrap_or_default()
             );
+            if let Some(n) = used_by {
+                msg.push_str(&format!("; {n} node(s) registered with it so far"));
+            }
             status.pre_auth_key = Some(key.clone());
             (phase::KEY_ISSUED, true, reason::KEY_ISSUED, msg, false)
         }
@@ -872,6 +1153,7 @@ pub fn desired_status(
             node,
             key,
             warning,
+            note,
         } => {
             status.node = node.clone();
             if key.is_some() {
@@ -887,7 +1169,10 @@ pub fn desired_status(
                     phase::APPROVED,
                     true,
                     *reason,
-                    format!("{what} is registered through this approval"),
+                    match note {
+                        Some(n) => format!("{what} is registered through this approval; {n}"),
+                        None => format!("{what} is registered through this approval"),
+                    },
                     false,
                 ),
             }
@@ -996,9 +1281,9 @@ mod tests {
             (Outcome::Pending { reason: reason::USER_NOT_FOUND, message: "m".into(), stalled: true }, "Pending", "False", "UserNotFound", "True"),
             (Outcome::Refused(Violation { rule: "allowedUsers", message: "m".into() }), "Refused", "False", "EnrollmentRefused", "True"),
             (Outcome::Failed { reason: reason::AUTH_ID_NOT_FOUND, message: "m".into() }, "Failed", "False", "AuthIdNotFound", "True"),
-            (Outcome::KeyIssued { key: issued(), renewed: false }, "KeyIssued", "True", "KeyIssued", "False"),
-            (Outcome::Approved { reason: reason::REGISTERED, node: None, key: None, warning: None }, "Approved", "True", "Registered", "False"),
-            (Outcome::Approved { reason: reason::REGISTERED, node: None, key: None, warning: Some((reason::TAGS_REJECTED, "m".into())) }, "Approved", "False", "TagsRejected", "True"),
+            (Outcome::KeyIssued { key: issued(), renewed: false, used_by: None }, "KeyIssued", "True", "KeyIssued", "False"),
+            (Outcome::Approved { reason: reason::REGISTERED, node: None, key: None, warning: None, note: None }, "Approved", "True", "Registered", "False"),
+            (Outcome::Approved { reason: reason::REGISTERED, node: None, key: None, warning: Some((reason::TAGS_REJECTED, "m".into())), note: None }, "Approved", "False", "TagsRejected", "True"),
         ];
         for (outcome, phase, ready, why, stalled) in table {
             let s = desired_status(Some(2), &empty, &outcome, now);
@@ -1043,6 +1328,7 @@ mod tests {
             &Outcome::KeyIssued {
                 key: issued(),
                 renewed: false,
+                used_by: None,
             },
             now,
         );
@@ -1052,6 +1338,7 @@ mod tests {
             &Outcome::KeyIssued {
                 key: issued(),
                 renewed: false,
+                used_by: None,
             },
             t("2026-01-02T00:00:00Z"),
         );
@@ -1167,6 +1454,283 @@ mod tests {
         assert_eq!(hostname_mismatch(&na, "3", "evil"), None, "nothing claimed");
     }
 
+    use crate::headscale::fake_server::{FakeServer, Reply};
+
+    const API_KEY: &str =
+        "hskey-api-abcdefghijkl-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn fake_client(url: &str) -> headscale::Client {
+        headscale::Client::with_config(
+            url,
+            SecretString::new(API_KEY),
+            headscale::ClientConfig {
+                timeout: Duration::from_millis(500),
+                min_interval: Duration::ZERO,
+                retry_backoff: Duration::from_millis(10),
+                ..headscale::ClientConfig::default()
+            },
+        )
+        .unwrap()
+    }
+
+    fn approval(spec: serde_json::Value) -> NodeApproval {
+        let mut na = NodeApproval::new("laptop", serde_json::from_value(spec).unwrap());
+        na.metadata.namespace = Some("ns".into());
+        na.metadata.uid = Some("uid-1".into());
+        na.metadata.generation = Some(1);
+        na
+    }
+
+    #[tokio::test]
+    async fn a_quota_for_a_user_headscale_does_not_have_is_judged_as_without_one() {
+        // Listing the nodes of a missing user is an error in Headscale.
+        let server = FakeServer::start("v0.29.2", |seen, _| match seen.path() {
+            "/api/v1/user" => Reply::Json(200, r#"{"users": []}"#.into()),
+            _ => Reply::Json(500, r#"{"code": 2, "message": "user not found"}"#.into()),
+        })
+        .await;
+        let client = fake_client(&server.url);
+        let rules = EnrollmentSpec {
+            max_nodes_per_user: 1,
+            ..Default::default()
+        };
+        let req = Request {
+            user: Some("ghost"),
+            ..Default::default()
+        };
+        let got = check_local_rules(&rules, &req, &client).await.unwrap();
+        assert_eq!(got, Ok(()), "then the caller's lookup says UserNotFound");
+        assert!(
+            server.seen().iter().all(|s| s.path() == "/api/v1/user"),
+            "{:?}",
+            server.seen()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_webhook_is_asked_before_anything_and_its_answer_covers_only_that_question() {
+        let server = FakeServer::start("v0.29.2", |_, _| Reply::Json(500, "{}".into())).await;
+        let client = fake_client(&server.url);
+        let hook: DecisionWebhookSpec =
+            serde_json::from_value(json!({"url": "https://hook.example/decide"})).unwrap();
+        let rules = EnrollmentSpec {
+            decision_webhook: Some(hook.clone()),
+            ..Default::default()
+        };
+        let na = approval(
+            json!({"serverRef": {"name": "corp"}, "registration": {"authId": "a", "user": "alice"}}),
+        );
+        let req = Request {
+            user: Some("alice"),
+            ..Default::default()
+        };
+        let ask = match check_rules(&na, &rules, &req, false, &client, &Gate::Unasked).await {
+            Err(Interrupt::Ask(ask)) => ask,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(ask.hook, hook);
+        assert!(server.seen().is_empty(), "nothing asked of Headscale");
+        let allowed = Gate::Allowed(ask.clone());
+        assert!(matches!(
+            check_rules(&na, &rules, &req, false, &client, &allowed).await,
+            Ok(Ok(()))
+        ));
+        // Another webhook, or another question, is asked again.
+        let mut moved = rules.clone();
+        moved.decision_webhook.as_mut().unwrap().url = "https://other.example/decide".into();
+        assert!(matches!(
+            check_rules(&na, &moved, &req, false, &client, &allowed).await,
+            Err(Interrupt::Ask(_))
+        ));
+        let tagged = vec!["tag:ci".to_string()];
+        let other = Request {
+            tags: &tagged,
+            ..req.clone()
+        };
+        assert!(matches!(
+            check_rules(&na, &rules, &other, false, &client, &allowed).await,
+            Err(Interrupt::Ask(_))
+        ));
+    }
+
+    fn fake_node(id: u64, tags: &[&str]) -> String {
+        json!({"node": {"id": id.to_string(), "name": "laptop", "user": {"id": "1", "name": "alice"},
+                        "expiry": null, "tags": tags}})
+        .to_string()
+    }
+
+    #[tokio::test]
+    async fn refused_tags_fail_closed_the_node_is_deleted_and_accounts_for_nothing() {
+        let server = FakeServer::start("v0.29.2", |seen, _| match (seen.method.as_str(), seen.path()) {
+            ("POST", "/api/v1/node/5/tags") => Reply::Json(
+                400,
+                r#"{"code": 3, "message": "requested tags [tag:nobodyowns] are invalid or not permitted"}"#
+                    .into(),
+            ),
+            ("DELETE", "/api/v1/node/5") => Reply::Json(200, "{}".into()),
+            _ => Reply::Json(404, r#"{"code": 5, "message": "not found"}"#.into()),
+        })
+        .await;
+        let client = fake_client(&server.url);
+        let na = approval(json!({"serverRef": {"name": "corp"},
+            "registration": {"authId": "a", "user": "alice", "tags": ["tag:nobodyowns"]}}));
+        let reg = na.spec.registration.clone().unwrap();
+        let node: Node = serde_json::from_str::<serde_json::Value>(&fake_node(5, &[]))
+            .map(|v| serde_json::from_value(v["node"].clone()).unwrap())
+            .unwrap();
+        let outcome = tag_or_remove(&na, &client, &reg, node).await;
+        let Outcome::Failed { reason, message } = &outcome else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!(*reason, "TagsRejected");
+        assert!(
+            message.contains("it was deleted") && message.contains("accounts for no node"),
+            "{message}"
+        );
+        assert!(
+            server
+                .seen()
+                .iter()
+                .any(|s| s.method == "DELETE" && s.path() == "/api/v1/node/5"),
+            "{:?}",
+            server.seen()
+        );
+        let status = desired_status(
+            Some(1),
+            &NodeApprovalStatus::default(),
+            &outcome,
+            t("2026-01-01T00:00:00Z"),
+        );
+        assert_eq!(status.phase.as_deref(), Some("Failed"));
+        assert_eq!(status.node, None, "the audit counts nothing for it");
+    }
+
+    #[tokio::test]
+    async fn tags_applied_are_approved() {
+        let server = FakeServer::start("v0.29.2", |seen, _| match seen.path() {
+            "/api/v1/node/5/tags" => Reply::Json(200, fake_node(5, &["tag:ci"])),
+            _ => Reply::Json(404, r#"{"code": 5, "message": "not found"}"#.into()),
+        })
+        .await;
+        let client = fake_client(&server.url);
+        let na = approval(json!({"serverRef": {"name": "corp"},
+            "registration": {"authId": "a", "user": "alice", "tags": ["tag:ci"]}}));
+        let reg = na.spec.registration.clone().unwrap();
+        let node: Node = serde_json::from_value(
+            serde_json::from_str::<serde_json::Value>(&fake_node(5, &[])).unwrap()["node"].clone(),
+        )
+        .unwrap();
+        let outcome = tag_or_remove(&na, &client, &reg, node).await;
+        let Outcome::Approved {
+            node: Some(n),
+            warning: None,
+            ..
+        } = &outcome
+        else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!(
+            (n.id.as_str(), n.user.as_deref()),
+            ("5", None),
+            "a tagged node has no user"
+        );
+    }
+
+    #[test]
+    fn tags_are_checked_against_the_served_tag_owners() {
+        let tags = |v: &[&str]| v.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+        let policy = r#"{
+            // HuJSON
+            "tagOwners": {"tag:ci": ["alice@"], "tag:web": []},
+        }"#;
+        assert_eq!(unowned_tags(policy, &tags(&["tag:ci", "tag:web"])), None);
+        assert_eq!(
+            unowned_tags(policy, &tags(&["tag:ci", "tag:nobodyowns"])),
+            Some(tags(&["tag:nobodyowns"]))
+        );
+        assert_eq!(
+            unowned_tags(r#"{"acls": []}"#, &tags(&["tag:ci"])),
+            Some(tags(&["tag:ci"])),
+            "no tagOwners: nothing is owned"
+        );
+        assert_eq!(
+            unowned_tags("{not a policy", &tags(&["tag:ci"])),
+            None,
+            "unreadable: Headscale decides"
+        );
+    }
+
+    fn reusable_key(expiration: &str) -> PreAuthKey {
+        serde_json::from_value(json!({
+            "id": "7", "key": "hskey-auth-abcdefghijkl-***", "used": false, "reusable": true,
+            "expiration": expiration, "aclTags": [],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_reusable_key_is_never_said_unused_once_nodes_used_it() {
+        let now = t("2026-01-01T00:30:00Z");
+        assert_eq!(
+            key_state(Some(&reusable_key("2026-01-01T01:00:00Z")), now),
+            KeyState::Unused
+        );
+        assert_eq!(
+            key_state(Some(&reusable_key("2026-01-01T00:00:00Z")), now),
+            KeyState::Expired
+        );
+        let status = desired_status(
+            Some(1),
+            &NodeApprovalStatus::default(),
+            &Outcome::KeyIssued {
+                key: issued(),
+                renewed: false,
+                used_by: Some(3),
+            },
+            now,
+        );
+        let ready = conditions::find(&status.conditions, "Ready").unwrap();
+        assert!(
+            ready.message.starts_with("reusable pre-auth key 7")
+                && ready.message.contains("3 node(s) registered with it"),
+            "{}",
+            ready.message
+        );
+        let nodes: Vec<Node> = (1..=12)
+            .map(|i| {
+                serde_json::from_value(json!({"id": i.to_string(), "name": format!("n{i}"), "tags": []}))
+                    .unwrap()
+            })
+            .collect();
+        let note = reusable_expired_note("7", &nodes);
+        assert!(
+            note.contains("12 node(s)") && note.contains("1 (n1)") && note.contains("and 2 more"),
+            "{note}"
+        );
+        assert!(!note.contains("unused"));
+    }
+
+    #[test]
+    fn an_invalid_expiration_says_to_create_another_approval() {
+        let Outcome::Failed { reason, message } =
+            invalid_expiration("0s", "is not a duration of more than 0")
+        else {
+            panic!()
+        };
+        assert_eq!(reason, "InvalidSpec");
+        assert!(message.contains("create another NodeApproval"), "{message}");
+    }
+
+    #[test]
+    fn a_secret_conflict_never_invites_deleting_the_secret() {
+        let m = secret_conflict_message("corp-api-key");
+        assert!(!m.to_lowercase().contains("delete"), "{m}");
+        assert!(
+            m.contains("spec.preAuthKey.secretName") && m.contains("\"corp-api-key\""),
+            "{m}"
+        );
+    }
+
     #[test]
     fn the_secret_is_owned_and_the_status_never_holds_the_key() {
         let spec: crate::api::NodeApprovalSpec = serde_json::from_value(json!({
@@ -1193,6 +1757,7 @@ mod tests {
             &Outcome::KeyIssued {
                 key: issued(),
                 renewed: false,
+                used_by: None,
             },
             t("2026-01-01T00:00:00Z"),
         );

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
-use super::rules::parse_duration;
+use super::rules::{parse_duration, parse_duration_saturating};
 use crate::api::server::{NodeInventory, NodeSummary, NodesSpec, UnexpectedNodeAction};
 use crate::headscale::{Node, NodeExpiry, NodeId, PreAuthKeyId};
 
@@ -48,28 +48,57 @@ pub struct Policy {
     pub exclude_tags: Vec<String>,
     pub unexpected: UnexpectedNodeAction,
     pub expect_oidc: bool,
+    /// Settings that could not be read, and what was assumed instead (the safest).
+    pub problems: Vec<String>,
 }
 
 impl Policy {
-    /// The spec's policy; a duration the schema let through but that does not parse
-    /// falls back to the default.
+    /// The spec's policy. A duration too large to hold is the longest one (a huge
+    /// `restartGrace` holds pruning forever). One that does not parse at all (the
+    /// schema refuses those; an object stored before it did) takes the safest value,
+    /// not the default, and is said in `problems`: `staleAfter` and `restartGrace`
+    /// the longest (nothing is pruned or deleted), `expiringSoon` the default (it only
+    /// counts).
     pub fn from_spec(spec: &NodesSpec) -> Policy {
         let d = NodesSpec::default();
-        let parse = |s: &str, fallback: &str| {
-            parse_duration(s)
-                .or_else(|| parse_duration(fallback))
-                .unwrap_or(Duration::ZERO)
+        let mut problems = Vec::new();
+        let mut parse = |field: &str, s: &str, safest: Duration, effect: &str| {
+            parse_duration_saturating(s).unwrap_or_else(|| {
+                problems.push(format!(
+                    "spec.nodes.{field} {s:?} is not a duration; {effect} until it is fixed"
+                ));
+                safest
+            })
         };
+        let expiring_soon = parse(
+            "expiringSoon",
+            &spec.expiring_soon,
+            parse_duration(&d.expiring_soon).unwrap_or(Duration::ZERO),
+            &format!("the default {} is used", d.expiring_soon),
+        );
+        let stale_after = parse(
+            "pruning.staleAfter",
+            &spec.pruning.stale_after,
+            Duration::MAX,
+            "no node counts as stale and nothing is pruned",
+        );
+        let restart_grace = parse(
+            "pruning.restartGrace",
+            &spec.pruning.restart_grace,
+            Duration::MAX,
+            "the audit deletes nothing (pruning and unexpected nodes alike)",
+        );
         Policy {
-            expiring_soon: parse(&spec.expiring_soon, &d.expiring_soon),
-            stale_after: parse(&spec.pruning.stale_after, &d.pruning.stale_after),
-            restart_grace: parse(&spec.pruning.restart_grace, &d.pruning.restart_grace),
+            expiring_soon,
+            stale_after,
+            restart_grace,
             prune: spec.pruning.enabled,
             dry_run: spec.pruning.dry_run,
             max_deletions: spec.pruning.max_deletions_per_run.max(1) as usize,
             exclude_tags: spec.pruning.exclude_tags.clone(),
             unexpected: spec.unexpected,
             expect_oidc: spec.expect_oidc_nodes,
+            problems,
         }
     }
 }
@@ -216,12 +245,21 @@ pub fn audit_watched(
             .is_some_and(|since| now.duration_since(*since) >= span(policy.restart_grace)),
     };
 
-    let held_until = quiet_since.checked_add(span(policy.restart_grace)).ok();
-    let held = held_until.filter(|t| *t > now);
+    // A grace too long to add holds forever: it must never read as "not held".
+    let held_until = quiet_since
+        .checked_add(span(policy.restart_grace))
+        .unwrap_or(Timestamp::MAX);
+    let held = Some(held_until).filter(|t| *t > now);
     if policy.prune {
         if let Some(until) = held {
+            let resumes = if until == Timestamp::MAX {
+                "pruning does not resume (spec.nodes.pruning.restartGrace reaches past the year 9999)"
+                    .to_string()
+            } else {
+                format!("pruning resumes at {until}")
+            };
             inv.pruning_held = Some(format!(
-                "restart grace: Headscale or the operator (re)started recently, or Headscale was unreachable, and every node looks offline after a start; pruning resumes at {until}"
+                "restart grace: Headscale or the operator (re)started recently, or Headscale was unreachable, and every node looks offline after a start; {resumes}"
             ));
         } else if policy.dry_run {
             inv.prune_candidates = candidates.iter().take(LIST_CAP).map(|n| summary(n)).collect();
@@ -248,8 +286,26 @@ pub fn audit_watched(
         out.delete.clear();
     }
     out.delete.truncate(policy.max_deletions);
+    if !policy.problems.is_empty() {
+        inv.pruning_held = Some(match inv.pruning_held.take() {
+            Some(h) => format!("{}; {h}", policy.problems.join("; ")),
+            None => policy.problems.join("; "),
+        });
+    }
     out.inventory = inv;
     out
+}
+
+/// Holds every action of an audit (expire, delete, prune), keeping its counts, and
+/// says why in `pruningHeld`.
+pub fn hold(audit: &mut Audit, why: &str) {
+    audit.expire.clear();
+    audit.delete.clear();
+    audit.inventory.prune_candidates.clear();
+    audit.inventory.pruning_held = Some(match audit.inventory.pruning_held.take() {
+        Some(h) => format!("{why}; {h}"),
+        None => why.to_string(),
+    });
 }
 
 #[cfg(test)]
@@ -510,6 +566,70 @@ mod tests {
         let a = audit(&nodes, &Expected::default(), &p, t(NOW), t(LONG_AGO));
         assert_eq!(a.expire.len(), EXPIRE_CAP);
         assert_eq!(a.inventory.unexpected, EXPIRE_CAP as i64 + 20);
+    }
+
+    #[test]
+    fn a_held_audit_keeps_counting_and_does_nothing() {
+        let nodes: Vec<Node> = (1..=3).map(old).collect();
+        let p = pruning(|s| s.unexpected = UnexpectedNodeAction::Delete);
+        let mut a = audit(&nodes, &expected(&[1]), &p, t(NOW), t(LONG_AGO));
+        assert!(!a.delete.is_empty());
+        hold(&mut a, "shared");
+        assert!(a.delete.is_empty() && a.expire.is_empty());
+        assert_eq!(
+            (a.inventory.total, a.inventory.unexpected, a.inventory.stale),
+            (3, 2, 3)
+        );
+        assert_eq!(a.inventory.pruning_held.as_deref(), Some("shared"));
+        let p = policy(|s| s.unexpected = UnexpectedNodeAction::Expire);
+        let mut a = audit(&nodes, &Expected::default(), &p, t(NOW), t(LONG_AGO));
+        assert_eq!(a.expire.len(), 3);
+        hold(&mut a, "shared");
+        assert!(a.expire.is_empty());
+    }
+
+    #[test]
+    fn a_grace_too_long_to_add_holds_forever() {
+        let nodes: Vec<Node> = (1..=3).map(old).collect();
+        for grace in ["2000000000w", "99999999999999999999h"] {
+            let p = pruning(|s| {
+                s.pruning.restart_grace = grace.into();
+                s.unexpected = UnexpectedNodeAction::Delete
+            });
+            assert!(p.problems.is_empty(), "a huge grace is readable: {grace}");
+            let a = audit(&nodes, &Expected::default(), &p, t(NOW), t(LONG_AGO));
+            assert!(a.delete.is_empty(), "{grace}: {:?}", a.delete);
+            assert!(
+                a.inventory
+                    .pruning_held
+                    .as_deref()
+                    .unwrap()
+                    .contains("does not resume"),
+                "{:?}",
+                a.inventory.pruning_held
+            );
+        }
+    }
+
+    #[test]
+    fn an_unreadable_duration_takes_the_safest_value_and_is_said() {
+        let nodes: Vec<Node> = (1..=3).map(old).collect();
+        let p = pruning(|s| {
+            s.pruning.stale_after = "soon".into();
+            s.pruning.restart_grace = "1x".into();
+            s.expiring_soon = "?".into();
+            s.unexpected = UnexpectedNodeAction::Delete
+        });
+        assert_eq!(p.stale_after, Duration::MAX);
+        assert_eq!(p.restart_grace, Duration::MAX);
+        assert_eq!(p.expiring_soon, Duration::from_secs(7 * 86_400));
+        assert_eq!(p.problems.len(), 3, "{:?}", p.problems);
+        let a = audit(&nodes, &Expected::default(), &p, t(NOW), t(LONG_AGO));
+        assert!(a.delete.is_empty(), "{:?}", a.delete);
+        assert_eq!(a.inventory.stale, 0);
+        let held = a.inventory.pruning_held.unwrap();
+        assert!(held.contains("spec.nodes.pruning.staleAfter \"soon\""), "{held}");
+        assert!(held.contains("spec.nodes.pruning.restartGrace \"1x\""), "{held}");
     }
 
     #[test]

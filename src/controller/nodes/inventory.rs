@@ -85,6 +85,8 @@ pub struct Seen {
     unexpected: HashSet<NodeId>,
     /// Since when each prune candidate has been stale in every audit.
     watched: audit::Watched,
+    /// The warnings of the last audit (an Event only when they change).
+    warnings: Vec<String>,
 }
 
 #[derive(Default)]
@@ -95,6 +97,13 @@ pub fn expected(approvals: &[NodeApproval], server: &str) -> Expected {
     let mut e = Expected::default();
     for a in approvals.iter().filter(|a| a.spec.server_ref.name == server) {
         let Some(status) = &a.status else { continue };
+        // A node whose tags were refused (recorded so by an older operator) is not the
+        // restricted tagged node that was approved.
+        if conditions::find(&status.conditions, conditions::READY)
+            .is_some_and(|c| c.reason == crate::api::conditions::reason::TAGS_REJECTED)
+        {
+            continue;
+        }
         // A node that is not the host the approval claimed is not accounted for (nor is
         // anything else its key let in).
         if let (Some(claimed), Some(node)) = (&a.spec.hostname, &status.node)
@@ -127,6 +136,63 @@ pub fn quiet_since(hs: &HeadscaleServer, seen: &Seen) -> Timestamp {
         .flatten()
         .max()
         .unwrap_or(seen.first)
+}
+
+/// An endpoint as a comparable key: scheme, host (lowercase), port (the scheme's
+/// default when left out) and path without trailing slashes. Pure.
+pub fn endpoint_key(url: &str) -> String {
+    match reqwest::Url::parse(url.trim()) {
+        Ok(u) => format!(
+            "{}://{}:{}{}",
+            u.scheme(),
+            u.host_str().unwrap_or_default().to_ascii_lowercase(),
+            u.port_or_known_default().unwrap_or(0),
+            u.path().trim_end_matches('/')
+        ),
+        Err(_) => url.trim().trim_end_matches('/').to_ascii_lowercase(),
+    }
+}
+
+/// Where the operator reaches a server: `status.endpoint` and, for an external one,
+/// `spec.external.url`.
+fn endpoints(hs: &HeadscaleServer) -> HashSet<String> {
+    let status = hs.status.as_ref().and_then(|s| s.endpoint.as_deref());
+    let external = hs.spec.external.as_ref().map(|e| e.url.as_str());
+    [status, external]
+        .into_iter()
+        .flatten()
+        .filter(|u| !u.trim().is_empty())
+        .map(endpoint_key)
+        .collect()
+}
+
+/// The other HeadscaleServer objects (`namespace/name`, sorted) that point at the same
+/// Headscale as `hs`. Each would count the other's approved nodes as unexpected, so
+/// neither audit may act on them. Pure.
+pub fn sharing_endpoint(hs: &HeadscaleServer, all: &[Arc<HeadscaleServer>]) -> Vec<String> {
+    let mine = endpoints(hs);
+    if mine.is_empty() {
+        return Vec::new();
+    }
+    let me = (hs.namespace(), hs.name_any());
+    let mut others: Vec<String> = all
+        .iter()
+        .filter(|o| (o.namespace(), o.name_any()) != me)
+        .filter(|o| o.metadata.deletion_timestamp.is_none())
+        .filter(|o| !endpoints(o).is_disjoint(&mine))
+        .map(|o| object_key(&**o))
+        .collect();
+    others.sort();
+    others.dedup();
+    others
+}
+
+/// What the audit says when `others` point at the same Headscale as this server.
+pub fn shared_endpoint_message(others: &[String]) -> String {
+    format!(
+        "HeadscaleServer {} points at the same Headscale (same endpoint): each would count the other's approved nodes as unexpected, so this audit only counts (no expire, delete or prune) until one HeadscaleServer per Headscale is left",
+        others.join(", ")
+    )
 }
 
 /// A node read again before pruning is still what the audit judged: offline, and not
@@ -162,6 +228,17 @@ async fn reconcile_inner(hs: &HeadscaleServer, state: &State) -> Result<Action, 
         Ok(c) => c,
         Err(_) => return Ok(Action::requeue(ctx.settings.resync)),
     };
+    // Not until every server is known: another one may point at the same Headscale.
+    if tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        state.servers.wait_until_ready(),
+    )
+    .await
+    .map_or(true, |r| r.is_err())
+    {
+        return Ok(Action::requeue(audit::SETTLE));
+    }
+    let shared = sharing_endpoint(hs, &state.servers.state());
     let approvals: Api<NodeApproval> = Api::namespaced(ctx.client.clone(), &ns);
     let approvals = approvals
         .list(&ListParams::default())
@@ -173,7 +250,14 @@ async fn reconcile_inner(hs: &HeadscaleServer, state: &State) -> Result<Action, 
     let now = Timestamp::now();
 
     let policy = Policy::from_spec(&hs.spec.nodes);
-    let (result, new_unexpected) = {
+    let mut warnings: Vec<(&'static str, String)> = Vec::new();
+    if !shared.is_empty() {
+        warnings.push(("SharedEndpoint", shared_endpoint_message(&shared)));
+    }
+    for p in &policy.problems {
+        warnings.push(("InvalidNodesSpec", p.clone()));
+    }
+    let (result, new_unexpected, new_warnings) = {
         let mut memory = state.audits.0.lock().unwrap_or_else(|p| p.into_inner());
         let seen = memory.entry(key.clone()).or_insert_with(|| Seen {
             first: now,
@@ -181,6 +265,7 @@ async fn reconcile_inner(hs: &HeadscaleServer, state: &State) -> Result<Action, 
             all_offline_at: None,
             unexpected: HashSet::new(),
             watched: audit::Watched::new(),
+            warnings: Vec::new(),
         });
         let online = nodes.iter().filter(|n| n.online).count() as i64;
         if seen.online > 0 && online == 0 && !nodes.is_empty() {
@@ -190,7 +275,10 @@ async fn reconcile_inner(hs: &HeadscaleServer, state: &State) -> Result<Action, 
         // A restart the server's status has not shown yet (or never will: it was quicker
         // than the probe) still failed some request of this client, maybe one a retry hid.
         let quiet = quiet_since(hs, seen).max(client.last_transient_error().unwrap_or(seen.first));
-        let result = audit::audit_watched(&nodes, &expected, &policy, now, quiet, Some(&seen.watched));
+        let mut result = audit::audit_watched(&nodes, &expected, &policy, now, quiet, Some(&seen.watched));
+        if !shared.is_empty() {
+            audit::hold(&mut result, &shared_endpoint_message(&shared));
+        }
         let candidates: HashSet<NodeId> = result.candidates.iter().copied().collect();
         seen.watched.retain(|id, _| candidates.contains(id));
         for id in candidates {
@@ -200,7 +288,14 @@ async fn reconcile_inner(hs: &HeadscaleServer, state: &State) -> Result<Action, 
         let mut new: Vec<NodeId> = current.difference(&seen.unexpected).copied().collect();
         new.sort();
         seen.unexpected = current;
-        (result, new)
+        let said: Vec<String> = warnings.iter().map(|(_, m)| m.clone()).collect();
+        let new_warnings: Vec<(&'static str, String)> = warnings
+            .iter()
+            .filter(|(_, m)| !seen.warnings.contains(m))
+            .cloned()
+            .collect();
+        seen.warnings = said;
+        (result, new, new_warnings)
     };
 
     let by_id: HashMap<NodeId, &headscale::Node> = nodes.iter().map(|n| (n.id, n)).collect();
@@ -231,6 +326,24 @@ async fn reconcile_inner(hs: &HeadscaleServer, state: &State) -> Result<Action, 
     };
 
     let mut events = Vec::new();
+    for (why, message) in new_warnings {
+        tracing::warn!(server = %key, reason = why, "{message}");
+        events.push(Event {
+            type_: EventType::Warning,
+            reason: why.into(),
+            note: Some(message),
+            action: "Audit".into(),
+            secondary: None,
+        });
+    }
+    let acting = if shared.is_empty() {
+        format!("spec.nodes.unexpected: {:?}", policy.unexpected)
+    } else {
+        format!(
+            "not acted on: HeadscaleServer {} has the same endpoint",
+            shared.join(", ")
+        )
+    };
     const EVENT_CAP: usize = 10;
     for id in new_unexpected.iter().take(EVENT_CAP) {
         tracing::info!(server = %key, node_id = %id, "unexpected node: no NodeApproval accounts for it");
@@ -238,9 +351,8 @@ async fn reconcile_inner(hs: &HeadscaleServer, state: &State) -> Result<Action, 
             type_: EventType::Warning,
             reason: "UnexpectedNode".into(),
             note: Some(format!(
-                "{} is not accounted for by any NodeApproval (spec.nodes.unexpected: {:?})",
+                "{} is not accounted for by any NodeApproval ({acting})",
                 describe(*id),
-                policy.unexpected
             )),
             action: "Audit".into(),
             secondary: related(*id),
@@ -422,6 +534,73 @@ mod tests {
         let e = expected(&[claimed, honest], "corp");
         assert_eq!(e.nodes, [NodeId(7)].into_iter().collect());
         assert!(e.keys.is_empty());
+
+        // A node whose tags were refused is not what was approved.
+        let untagged = mk(
+            "g",
+            "corp",
+            json!({"node": {"id": "8", "name": "n"}, "conditions": [{"type": "Ready", "status": "False",
+                "reason": "TagsRejected", "message": "m", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}),
+        );
+        assert!(expected(&[untagged], "corp").nodes.is_empty());
+    }
+
+    fn server(ns: &str, name: &str, url: &str, endpoint: Option<&str>) -> Arc<HeadscaleServer> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "headscale.operator.dev/v1alpha1", "kind": "HeadscaleServer",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {"external": {"url": url, "apiKeySecretRef": {"name": "k"}}},
+                "status": {"endpoint": endpoint},
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn servers_pointing_at_the_same_headscale_are_found() {
+        let a = server(
+            "team-a",
+            "corp",
+            "https://hs.example.com",
+            Some("https://hs.example.com"),
+        );
+        let all = vec![
+            a.clone(),
+            server(
+                "team-b",
+                "corp",
+                "https://HS.example.com:443/",
+                Some("https://hs.example.com:443/"),
+            ),
+            server(
+                "team-c",
+                "other",
+                "https://other.example.com",
+                Some("https://other.example.com"),
+            ),
+            server("team-d", "late", "https://hs.example.com/", None),
+            server(
+                "team-a",
+                "http",
+                "http://hs.example.com",
+                Some("http://hs.example.com"),
+            ),
+        ];
+        assert_eq!(
+            sharing_endpoint(&a, &all),
+            vec!["team-b/corp".to_string(), "team-d/late".to_string()],
+            "same scheme, host and port, whatever the case and the trailing slash"
+        );
+        assert!(
+            sharing_endpoint(&a, std::slice::from_ref(&a)).is_empty(),
+            "not itself"
+        );
+        let m = shared_endpoint_message(&sharing_endpoint(&a, &all));
+        assert!(
+            m.contains("team-b/corp") && m.contains("no expire, delete or prune"),
+            "{m}"
+        );
     }
 
     #[test]
@@ -441,6 +620,7 @@ mod tests {
             all_offline_at: None,
             unexpected: HashSet::new(),
             watched: audit::Watched::new(),
+            warnings: Vec::new(),
         };
         assert_eq!(quiet_since(&hs, &seen), t("2026-01-01T00:10:00Z"));
         seen.all_offline_at = Some(t("2026-01-01T00:20:00Z"));

@@ -43,6 +43,9 @@ pub struct State {
     enrolling: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Registrations (by approval uid) whose last attempt got no answer, since when.
     unanswered: Mutex<HashMap<String, jiff::Timestamp>>,
+    /// Every HeadscaleServer the operator watches (the audit's reflector): the audit
+    /// looks for other servers pointing at the same Headscale.
+    pub servers: reflector::Store<HeadscaleServer>,
 }
 
 impl State {
@@ -142,6 +145,7 @@ pub async fn run(ctx: Arc<Context>) {
         Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client, ns)),
         None => (Api::all(client.clone()), Api::all(client)),
     };
+    let (server_store, server_writer) = reflector::store();
     let state = Arc::new(State {
         ctx: ctx.clone(),
         clients: Mutex::new(HashMap::new()),
@@ -149,6 +153,7 @@ pub async fn run(ctx: Arc<Context>) {
         audits: inventory::Memory::default(),
         enrolling: Mutex::new(HashMap::new()),
         unanswered: Mutex::new(HashMap::new()),
+        servers: server_store.clone(),
     });
     let approvals_ctl = Controller::new(approvals.clone(), watcher::Config::default().any_semantic());
     let store = approvals_ctl.store();
@@ -182,7 +187,6 @@ pub async fn run(ctx: Arc<Context>) {
     // The audit: every server at each resync, when its spec or its reachability changes
     // (not on every status write: the audit's own, the policy controller's), and when
     // one of its approvals changes.
-    let (server_store, server_writer) = reflector::store();
     let audit_triggers = watcher(servers, watcher::Config::default().any_semantic())
         .default_backoff()
         .reflect(server_writer)

@@ -97,6 +97,17 @@ pub fn check(rules: &EnrollmentSpec, req: &Request<'_>, user_nodes: usize) -> Re
                 "reusable pre-auth keys are not allowed on this server (spec.enrollment.allowReusableKeys is false)".into(),
             );
         }
+        // One reusable key lets in any number of the user's nodes: it cannot be held to
+        // a quota. (A tagged key's nodes are not the user's: no quota applies.)
+        if key.reusable && rules.max_nodes_per_user > 0 && req.user.is_some() && req.tags.is_empty() {
+            return violation(
+                "maxNodesPerUser",
+                format!(
+                    "a reusable pre-auth key cannot be held to the server's spec.enrollment.maxNodesPerUser ({}): every node that uses it is let in; approve single-use keys",
+                    rules.max_nodes_per_user
+                ),
+            );
+        }
         match parse_duration(&rules.max_pre_auth_key_lifetime) {
             Some(max) if max.is_zero() => {
                 return violation(
@@ -162,6 +173,37 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 /// Durations are parsed as everywhere else in the operator (Go's units plus `d`, `w`).
 pub use crate::render::parse_duration;
 
+/// [`parse_duration`], where a value too large to hold (`99999999999999999999h`, or
+/// parts that add up past `u64` milliseconds) is [`Duration::MAX`] rather than
+/// unreadable: it means "very long", and reading it as anything shorter could weaken a
+/// limit or a safety hold. `None` only for text that is no duration at all.
+pub fn parse_duration_saturating(text: &str) -> Option<Duration> {
+    if let Some(d) = parse_duration(text) {
+        return Some(d);
+    }
+    // The same grammar as parse_duration, with no bound on the numbers.
+    let mut rest = text;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        if digits == 0 {
+            return None;
+        }
+        rest = &rest[digits..];
+        let len = if rest.starts_with("ms") {
+            2
+        } else if rest.starts_with(['s', 'm', 'h', 'd', 'w']) {
+            1
+        } else {
+            return None;
+        };
+        rest = &rest[len..];
+    }
+    Some(Duration::MAX)
+}
+
 /// `90m` -> `1h30m0s`-style text for messages.
 pub fn format_duration(d: Duration) -> String {
     let s = d.as_secs();
@@ -217,6 +259,10 @@ mod tests {
             ("reusable refused by default", EnrollmentSpec::default(), Request { user: Some("a"), key: key("1h", true), ..Default::default() }, 0, Some("allowReusableKeys")),
             ("reusable allowed", rules(|r| r.allow_reusable_keys = true), Request { user: Some("a"), key: key("1h", true), ..Default::default() }, 0, None),
             ("unreadable limit refuses", rules(|r| r.max_pre_auth_key_lifetime = "99999999999999999999h".into()), Request { user: Some("a"), key: key("1h", false), ..Default::default() }, 0, Some("maxPreAuthKeyLifetime")),
+            ("reusable under a quota", rules(|r| { r.allow_reusable_keys = true; r.max_nodes_per_user = 5 }), Request { user: Some("a"), key: key("1h", true), ..Default::default() }, 0, Some("maxNodesPerUser")),
+            ("tagged reusable under a quota", rules(|r| { r.allow_reusable_keys = true; r.max_nodes_per_user = 5 }), Request { tags: &tags, key: key("1h", true), ..Default::default() }, 0, None),
+            ("single-use under a quota", rules(|r| r.max_nodes_per_user = 5), Request { user: Some("a"), key: key("1h", false), ..Default::default() }, 0, None),
+            ("a lifetime too large to hold", EnrollmentSpec::default(), Request { user: Some("a"), key: Some(KeyRequest { lifetime: Duration::MAX, reusable: false }), ..Default::default() }, 0, Some("maxPreAuthKeyLifetime")),
             ("limit 0 allows no key", rules(|r| r.max_pre_auth_key_lifetime = "0".into()), Request { user: Some("a"), key: key("1h", false), ..Default::default() }, 0, Some("maxPreAuthKeyLifetime")),
         ];
         for (name, rules, req, count, want) in table {
@@ -239,6 +285,30 @@ mod tests {
         .unwrap_err();
         assert!(
             v.message.contains("spec.enrollment.allowedUsers"),
+            "{}",
+            v.message
+        );
+    }
+
+    #[test]
+    fn a_reusable_key_under_a_quota_says_why() {
+        let r = rules(|r| {
+            r.allow_reusable_keys = true;
+            r.max_nodes_per_user = 2
+        });
+        let v = check(
+            &r,
+            &Request {
+                user: Some("alice"),
+                key: key("1h", true),
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap_err();
+        assert_eq!(v.rule, "maxNodesPerUser");
+        assert!(
+            v.message.contains("reusable pre-auth key cannot be held"),
             "{}",
             v.message
         );
@@ -274,5 +344,20 @@ mod tests {
         assert_eq!(parse_duration("h"), None);
         assert_eq!(parse_duration("5x"), None);
         assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m0s");
+    }
+
+    #[test]
+    fn a_duration_too_large_to_hold_is_the_longest_not_unreadable() {
+        assert_eq!(parse_duration_saturating("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration_saturating("0"), Some(Duration::ZERO));
+        assert_eq!(
+            parse_duration_saturating("99999999999999999999h"),
+            Some(Duration::MAX)
+        );
+        assert_eq!(parse_duration("99999999999w"), None, "past u64 milliseconds");
+        assert_eq!(parse_duration_saturating("1h99999999999w"), Some(Duration::MAX));
+        for bad in ["", "h", "5x", "1h5", "ms"] {
+            assert_eq!(parse_duration_saturating(bad), None, "{bad}");
+        }
     }
 }
