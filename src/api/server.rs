@@ -644,7 +644,10 @@ pub struct NodesSpec {
     /// (neither registered through an approval nor with a key an approval issued):
     /// `Report` (status, Event, metric), `Expire` (also expire its key now, so it must
     /// log in again), or `Delete` (also delete it; at most `pruning.maxDeletionsPerRun`
-    /// deletions per audit, shared with pruning).
+    /// deletions per audit, shared with pruning). `Expire` and `Delete` act on online
+    /// nodes too (a rogue node is the point) and do not follow `pruning.dryRun` or
+    /// `pruning.excludeTags`; they wait out `pruning.restartGrace`. Try `Report` first:
+    /// `status.nodes.unexpectedNodes` lists what they would act on.
     #[serde(default)]
     pub unexpected: UnexpectedNodeAction,
     /// Count nodes that registered through OIDC as expected: the identity provider
@@ -676,7 +679,8 @@ pub struct PruningSpec {
     /// Prune at all (off by default: only the stale count is reported).
     #[serde(default)]
     pub enabled: bool,
-    /// Only list the candidates in `status.nodes.pruneCandidates`; delete nothing.
+    /// Only list the candidates in `status.nodes.pruneCandidates`; prune nothing
+    /// (`spec.nodes.unexpected` is not affected).
     #[serde(default = "default_true")]
     pub dry_run: bool,
     /// A node offline and unseen for longer than this is stale.
@@ -694,8 +698,10 @@ pub struct PruningSpec {
     #[serde(default = "default_prune_max")]
     #[schemars(range(min = 1, max = 1000))]
     pub max_deletions_per_run: i32,
-    /// Nodes with any of these tags (`tag:name`) are never pruned.
+    /// Nodes with any of these tags (`tag:name`) are never pruned. This guards pruning
+    /// only: `spec.nodes.unexpected` acts on unexpected nodes whatever their tags.
     #[serde(default)]
+    #[schemars(inner(length(max = 128), regex(pattern = r"^tag:[A-Za-z0-9][-_.A-Za-z0-9]*$")))]
     pub exclude_tags: Vec<String>,
 }
 
@@ -742,6 +748,7 @@ pub struct EnrollmentSpec {
     pub allowed_users: Vec<String>,
     /// Tags approvals may use (`tag:name`); empty allows any tag.
     #[serde(default)]
+    #[schemars(inner(length(max = 128), regex(pattern = r"^tag:[A-Za-z0-9][-_.A-Za-z0-9]*$")))]
     pub allowed_tags: Vec<String>,
     /// Glob patterns (`*` any run of characters, `?` one character, case-insensitive)
     /// the approval's `spec.hostname` must match; empty allows any hostname. When set,

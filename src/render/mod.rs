@@ -71,6 +71,8 @@ pub mod reason {
     /// An extra record Headscale would serve wrongly or not at all: not a DNS name, a
     /// wildcard, an address of the wrong family, listed twice, or the server's own host.
     pub const INVALID_EXTRA_RECORD: &str = "InvalidExtraRecord";
+    /// The DNS settings or records are too large for the ConfigMaps that carry them.
+    pub const DNS_TOO_LARGE: &str = "DnsTooLarge";
     /// Log level or format Headscale does not know.
     pub const INVALID_LOGGING: &str = "InvalidLogging";
     /// Anything else the operator cannot build the pod from: an image with its own tag

@@ -100,11 +100,52 @@ pub fn candidate(
     }
     let records = render::render_records(&spec.extra_records);
     let record_count = render::count_records(&records).unwrap_or_default();
+    let settings = settings_size(&input);
+    if settings > MAX_SETTINGS_BYTES {
+        problems.push(Problem {
+            reason: render::reason::DNS_TOO_LARGE,
+            message: format!(
+                "the DNS settings (nameservers, split DNS, search domains) take {settings} bytes, more than the \
+                 {MAX_SETTINGS_BYTES} the server's config may give them (a ConfigMap holds at most 1 MiB): use fewer \
+                 or shorter resolvers and domains"
+            ),
+        });
+    }
+    if records.len() > MAX_RECORDS_BYTES {
+        problems.push(Problem {
+            reason: render::reason::DNS_TOO_LARGE,
+            message: format!(
+                "the extra records take {} bytes, more than the {MAX_RECORDS_BYTES} their ConfigMap may hold",
+                records.len()
+            ),
+        });
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
     Ok(Candidate {
         input,
         records,
         record_count,
     })
+}
+
+/// Room for the DNS settings in the server's config ConfigMap (at most 1 MiB in all,
+/// the rest of the config is a few KiB).
+pub const MAX_SETTINGS_BYTES: usize = 512 * 1024;
+/// Room for the extra records in their own ConfigMap (at most 1 MiB).
+pub const MAX_RECORDS_BYTES: usize = 900 * 1024;
+
+/// About what the DNS settings take in the rendered YAML (their JSON form, which is
+/// close to it).
+fn settings_size(dns: &DnsInput) -> usize {
+    dns.global_nameservers.iter().map(|n| n.len() + 8).sum::<usize>()
+        + dns
+            .split
+            .iter()
+            .map(|(domain, servers)| domain.len() + 8 + servers.iter().map(|n| n.len() + 10).sum::<usize>())
+            .sum::<usize>()
+        + dns.search_domains.iter().map(|d| d.len() + 8).sum::<usize>()
 }
 
 /// Leak protection: clients use the tailnet's resolvers for everything, so a query
@@ -379,6 +420,24 @@ mod tests {
             let problems = candidate(&d.spec, &server("https://hs.example.com:8443"), &layout).unwrap_err();
             assert_eq!(problems[0].reason, want, "{spec}: {problems:?}");
         }
+    }
+
+    #[test]
+    fn dns_too_large_for_its_configmaps_is_refused() {
+        let layout = Layout::pod();
+        // Within the schema's bounds (256 split domains of 16 resolvers), but about 1 MB.
+        let long = format!("https://doh.example.com/{}", "q".repeat(230));
+        let split: serde_json::Map<String, serde_json::Value> = (0..256)
+            .map(|i| (format!("d{i}.corp.example.com"), json!(vec![long.clone(); 16])))
+            .collect();
+        let d = dc(
+            "dns",
+            "2026-01-01T00:00:00Z",
+            json!({"baseDomain": "ts.example.net", "nameservers": {"global": ["192.0.2.53"], "split": split}}),
+        );
+        let problems = candidate(&d.spec, &server("https://hs.example.com"), &layout).unwrap_err();
+        assert_eq!(problems[0].reason, "DnsTooLarge", "{problems:?}");
+        assert!(problems[0].message.contains("bytes"), "{problems:?}");
     }
 
     #[test]

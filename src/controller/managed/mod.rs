@@ -707,7 +707,10 @@ pub fn secret_use(
         None => Ok(v),
         Some(why) => Err(stalled(
             reason::SECRET_KEY_INVALID,
-            format!("Secret {name:?} key {key:?} ({field}) cannot be used: {why} (nothing was applied)"),
+            format!(
+                "Secret {name:?} key {key:?} ({field}) cannot be used: {why}. The pod was not rolled, but it reads this \
+                 Secret when it starts: fix it before the pod restarts"
+            ),
         )),
     })
 }
