@@ -441,7 +441,17 @@ async fn a_statefulset_from_before_parallel_keeps_working_and_is_made_parallel_w
         }
     })
     .await;
-    let pod = wait_pod_ready(&client, &ns, "hs-0").await;
+    // The legacy pod (old:1) is Ready at once under KWOK: wait for the rolled one.
+    let pod = wait_for("the rolled pod Ready", WAIT, || async {
+        let p = wait_pod_ready(&client, &ns, "hs-0").await;
+        let image = p.spec.as_ref().unwrap().containers[0].image.clone();
+        if image.as_deref() == Some("docker.io/headscale/headscale:0.29.2") {
+            Ok(p)
+        } else {
+            Err(format!("{image:?}"))
+        }
+    })
+    .await;
     wait_reason(&client, &ns, "hs", "ApiKeyPending").await;
 
     // The README's way to the current policy: delete it, orphaning the pod.
