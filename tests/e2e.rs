@@ -632,6 +632,11 @@ async fn invalid_managed_specs_are_rejected_by_the_api_server() {
             "Headscale cannot share its database: replicas must be 1",
         ),
         (
+            "an empty metrics peer",
+            json!({"networkPolicy": {"metricsFrom": [{}]}}),
+            "needs a podSelector, a namespaceSelector or an ipBlock",
+        ),
+        (
             "not a url",
             json!({"serverUrl": "hs.example.com"}),
             "serverUrl must be an absolute http:// or https:// URL",

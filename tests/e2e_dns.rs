@@ -393,6 +393,20 @@ async fn a_refused_dns_config_changes_nothing_and_says_why() {
     let dup = json!({"name": "grafana.ts.example.net", "type": "A", "value": "100.64.0.10"});
     patch_dns(&client, &ns, "dns", json!({"extraRecords": [dup.clone(), dup]})).await;
     wait_dns(&client, &ns, "dns", "InvalidExtraRecord").await;
+    // The records file is held the same way: edited while refused (Headscale would
+    // serve the edit at once), the server stalls instead of adopting it.
+    let records = cms.get("hs-dns-records").await.unwrap();
+    let mut edited = records.clone();
+    edited.metadata.managed_fields = None;
+    edited.data.as_mut().unwrap().insert(
+        "extra-records.json".into(),
+        r#"[{"name":"evil.ts.example.net","type":"A","value":"100.64.0.66"}]"#.into(),
+    );
+    cms.replace("hs-dns-records", &PostParams::default(), &edited)
+        .await
+        .unwrap();
+    let msg = wait_reason(&client, &ns, "hs", "DnsUnrecoverable").await;
+    assert!(msg.contains("hs-dns-records"), "{msg}");
 
     // A second DnsConfig for the server is refused, naming the first; not merged.
     let before = child_versions(&client, &ns, "hs").await;

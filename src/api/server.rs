@@ -586,7 +586,7 @@ pub struct IngressSpec {
 }
 
 /// The NetworkPolicy the operator puts in front of a managed server's pod.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkPolicySpec {
     /// Make the NetworkPolicy `NAME` (the default). `false` deletes one the operator
@@ -601,6 +601,7 @@ pub struct NetworkPolicySpec {
     /// {app.kubernetes.io/name: prometheus}}}`. Empty (the default): nobody.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.all(p, has(p.podSelector) || has(p.namespaceSelector) || has(p.ipBlock))").message("each spec.managed.networkPolicy.metricsFrom peer needs a podSelector, a namespaceSelector or an ipBlock"))]
     pub metrics_from: Vec<NetworkPolicyPeer>,
 }
 
@@ -907,6 +908,10 @@ pub struct ServerDnsStatus {
     /// ConfigMap deleted or edited meanwhile cannot change the server's DNS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settings_hash: Option<String>,
+    /// SHA-256 of the extra-records file the operator wrote; the records ConfigMap is
+    /// trusted the same way as the config while the DnsConfig in force is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records_hash: Option<String>,
 }
 
 /// The operator's API key for a managed server, as the keyholder sidecar reports it.

@@ -172,6 +172,7 @@ pub fn server_status(
         leak_protection: leak_protection(dns.override_local_dns, &dns.global_nameservers),
         extra_records: i64::try_from(record_count).unwrap_or(i64::MAX),
         settings_hash: Some(settings_hash(dns)),
+        records_hash: None,
     }
 }
 

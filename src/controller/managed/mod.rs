@@ -460,21 +460,24 @@ async fn plan_dns(
 ) -> Result<Result<PlannedDns, (Outcome, DnsResult)>, Error> {
     let Some(dc) = &selection.in_force else {
         let input = dns_build::default_input(layout);
-        let status = dns_build::server_status(&input, None, 0);
+        let records = render::render_records(&[]);
+        let mut status = dns_build::server_status(&input, None, 0);
+        status.records_hash = Some(sha256_hex(records.as_bytes()));
         let result = DnsResult {
             refused: None,
             status,
             applied: false,
         };
-        return Ok(Ok((input, Some(render::render_records(&[])), result)));
+        return Ok(Ok((input, Some(records), result)));
     };
     match dns_build::candidate(&dc.spec, spec, layout) {
         Ok(c) => {
-            let status = dns_build::server_status(
+            let mut status = dns_build::server_status(
                 &c.input,
                 Some((dc.name_any(), dc.metadata.generation)),
                 c.record_count,
             );
+            status.records_hash = Some(sha256_hex(c.records.as_bytes()));
             let result = DnsResult {
                 refused: None,
                 status,
@@ -496,10 +499,12 @@ async fn plan_dns(
                 .get_opt(&names.dns_records)
                 .await
                 .map_err(kube_err("reading the DNS records ConfigMap"))?;
-            let count = records
+            let records_text = records
                 .as_ref()
-                .and_then(|cm| cm.data.as_ref()?.get(build::RECORDS_KEY))
-                .and_then(|text| render::count_records(text))
+                .and_then(|cm| cm.data.as_ref()?.get(build::RECORDS_KEY).cloned());
+            let count = records_text
+                .as_deref()
+                .and_then(render::count_records)
                 .unwrap_or(0);
             // Which DnsConfig that DNS came from: what status said when it was applied.
             let from = rendered.as_ref().and_then(|_| {
@@ -515,16 +520,33 @@ async fn plan_dns(
             let candidate = rendered
                 .clone()
                 .unwrap_or_else(|| dns_build::default_input(layout));
-            let trusted = match recorded {
+            let settings_trusted = match recorded {
                 Some(hash) => dns_build::settings_hash(&candidate) == hash,
                 None => rendered.is_some() || !had_dns_config,
             };
-            if !trusted {
+            // The records file the operator wrote; a missing one is rewritten as `[]`,
+            // which is right only if that is what was applied.
+            let records_trusted = match applied.and_then(|d| d.records_hash.as_deref()) {
+                Some(hash) => {
+                    sha256_hex(
+                        records_text
+                            .as_deref()
+                            .unwrap_or(&render::render_records(&[]))
+                            .as_bytes(),
+                    ) == hash
+                }
+                None => true,
+            };
+            if !settings_trusted || !records_trusted {
+                let (what, edited) = if settings_trusted {
+                    (&names.dns_records, records.is_some())
+                } else {
+                    (&names.config_map, live.is_some())
+                };
                 let kept = format!(
-                    "the DNS its running pod has: the ConfigMap {:?} holding the DNS the operator applied was {} \
+                    "the DNS its running pod has: the ConfigMap {what:?} holding the DNS the operator applied was {} \
                      outside the operator, so nothing is applied to the server until this DnsConfig is fixed",
-                    names.config_map,
-                    if live.is_some() { "edited" } else { "deleted" }
+                    if edited { "edited" } else { "deleted" }
                 );
                 let result = DnsResult {
                     refused: Some((problems, kept)),
@@ -535,10 +557,9 @@ async fn plan_dns(
                     why::DNS_UNRECOVERABLE,
                     format!(
                         "DnsConfig {:?} is refused and the DNS the server runs with cannot be read back from ConfigMap \
-                         {:?} (deleted or edited outside the operator); nothing is applied until the DnsConfig is fixed, \
-                         so the server's DNS is not changed behind anyone's back",
+                         {what:?} (deleted or edited outside the operator); nothing is applied until the DnsConfig is \
+                         fixed, so the server's DNS is not changed behind anyone's back",
                         dc.name_any(),
-                        names.config_map
                     ),
                 );
                 return Ok(Err((outcome, result)));
@@ -552,7 +573,8 @@ async fn plan_dns(
                 }
                 None => "the DNS its config has now".to_string(),
             };
-            let status = dns_build::server_status(&input, from, count);
+            let mut status = dns_build::server_status(&input, from, count);
+            status.records_hash = applied.and_then(|d| d.records_hash.clone());
             let result = DnsResult {
                 refused: Some((problems, kept)),
                 status,
