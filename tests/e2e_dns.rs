@@ -83,6 +83,36 @@ async fn wait_dns(client: &Client, ns: &str, name: &str, reason: &str) -> String
     .await
 }
 
+/// Replaces `key` of ConfigMap `cm` behind the operator's back, until the server says
+/// `DnsUnrecoverable`. A reconcile that read the ConfigMap just before the edit repairs
+/// it instead (as it should): then the edit is made again.
+async fn edit_until_held(
+    client: &Client,
+    ns: &str,
+    cm: &str,
+    key: &str,
+    text: impl Fn(&str) -> String,
+) -> String {
+    let cms = Api::<ConfigMap>::namespaced(client.clone(), ns);
+    for _ in 0..5 {
+        let mut edited = cms.get(cm).await.unwrap();
+        edited.metadata.managed_fields = None;
+        let data = edited.data.as_mut().unwrap();
+        let new = text(&data[key]);
+        data.insert(key.into(), new);
+        cms.replace(cm, &PostParams::default(), &edited).await.unwrap();
+        for _ in 0..20 {
+            if let Some((_, reason, message)) = ready(client, ns, "hs").await
+                && reason == "DnsUnrecoverable"
+            {
+                return message;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    panic!("{ns}: the server never held after edits of {cm}");
+}
+
 async fn config_map(client: &Client, ns: &str, name: &str) -> ConfigMap {
     Api::<ConfigMap>::namespaced(client.clone(), ns)
         .get(name)
@@ -343,19 +373,12 @@ async fn a_refused_dns_config_changes_nothing_and_says_why() {
     // nothing is applied (no rollout onto the edit, no safe default without leak
     // protection) and both the server and the DnsConfig say why.
     let cms = Api::<ConfigMap>::namespaced(client.clone(), &ns);
-    let mut edited = config_map(&client, &ns, "hs-config").await;
-    let text = config_of(edited.clone());
+    let text = config_of(config_map(&client, &ns, "hs-config").await);
     assert!(text.contains("192.0.2.53"), "{text}");
-    edited
-        .data
-        .as_mut()
-        .unwrap()
-        .insert("config.yaml".into(), text.replace("192.0.2.53", "6.6.6.6"));
-    edited.metadata.managed_fields = None;
-    cms.replace("hs-config", &PostParams::default(), &edited)
-        .await
-        .unwrap();
-    let msg = wait_reason(&client, &ns, "hs", "DnsUnrecoverable").await;
+    let msg = edit_until_held(&client, &ns, "hs-config", "config.yaml", |t| {
+        t.replace("192.0.2.53", "6.6.6.6")
+    })
+    .await;
     assert!(msg.contains("hs-config"), "{msg}");
     let generation = sts_generation(&client, &ns).await;
     cms.delete("hs-config", &DeleteParams::default()).await.unwrap();
@@ -395,17 +418,10 @@ async fn a_refused_dns_config_changes_nothing_and_says_why() {
     wait_dns(&client, &ns, "dns", "InvalidExtraRecord").await;
     // The records file is held the same way: edited while refused (Headscale would
     // serve the edit at once), the server stalls instead of adopting it.
-    let records = cms.get("hs-dns-records").await.unwrap();
-    let mut edited = records.clone();
-    edited.metadata.managed_fields = None;
-    edited.data.as_mut().unwrap().insert(
-        "extra-records.json".into(),
-        r#"[{"name":"evil.ts.example.net","type":"A","value":"100.64.0.66"}]"#.into(),
-    );
-    cms.replace("hs-dns-records", &PostParams::default(), &edited)
-        .await
-        .unwrap();
-    let msg = wait_reason(&client, &ns, "hs", "DnsUnrecoverable").await;
+    let msg = edit_until_held(&client, &ns, "hs-dns-records", "extra-records.json", |_| {
+        r#"[{"name":"evil.ts.example.net","type":"A","value":"100.64.0.66"}]"#.into()
+    })
+    .await;
     assert!(msg.contains("hs-dns-records"), "{msg}");
 
     // A second DnsConfig for the server is refused, naming the first; not merged.
