@@ -1241,12 +1241,15 @@ async fn a_shared_endpoint_holds_the_audit() {
     )
     .await;
     s.wait_phase("laptop", "Approved", "Registered").await;
+    // The same Headscale by another URL: only its instance key tells.
+    let alias = s.hs.url.replace("127.0.0.1", "localhost");
+    assert_ne!(alias, s.hs.url);
     let twin: headscale_operator::api::HeadscaleServer = serde_json::from_value(json!({
         "apiVersion": "headscale.operator.dev/v1alpha1",
         "kind": "HeadscaleServer",
         "metadata": {"name": "twin"},
         "spec": {
-            "external": {"url": s.hs.url, "apiKeySecretRef": {"name": "key"}},
+            "external": {"url": alias, "apiKeySecretRef": {"name": "key"}},
             "nodes": {"unexpected": "Delete", "pruning": {"restartGrace": "0"}},
         },
     }))
@@ -1262,8 +1265,24 @@ async fn a_shared_endpoint_holds_the_audit() {
         1,
         "the twin's audit deleted nothing"
     );
-    let held = servers.get("twin").await.unwrap().status.and_then(|st| st.nodes);
-    let held = held.and_then(|n| n.pruning_held).unwrap_or_default();
-    assert!(held.contains("same endpoint"), "{held}");
+    let twin_nodes = servers.get("twin").await.unwrap().status.and_then(|st| st.nodes);
+    let corp_nodes = servers.get("corp").await.unwrap().status.and_then(|st| st.nodes);
+    let key = |n: &Option<headscale_operator::api::server::NodeInventory>| {
+        n.as_ref().and_then(|n| n.instance_key.clone())
+    };
+    assert!(
+        key(&twin_nodes).is_some_and(|k| k.starts_with("mkey:")),
+        "{twin_nodes:?}"
+    );
+    assert_eq!(
+        key(&twin_nodes),
+        key(&corp_nodes),
+        "one Headscale, one instance key"
+    );
+    let held = twin_nodes.and_then(|n| n.pruning_held).unwrap_or_default();
+    assert!(
+        held.contains("same endpoint or same instance key") && held.contains("corp"),
+        "{held}"
+    );
     servers.delete("twin", &Default::default()).await.unwrap();
 }

@@ -123,6 +123,22 @@ async fn version_health_and_shape() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn the_instance_key_is_the_same_by_any_url_and_needs_no_api_key() {
+    on_every_version(|hs| async move {
+        let key = hs.client().instance_key().await.unwrap();
+        assert!(key.starts_with("mkey:") && key.len() == 69, "{key}");
+        // Another URL of the same server, and a client without a working API key.
+        let alias = hs.url.replace("127.0.0.1", "localhost");
+        let other = Client::new(&alias, SecretString::new("hskey-api-xxxxxxxxxxxx-yyyy")).unwrap();
+        assert_eq!(other.instance_key().await.unwrap(), key);
+        // Without a capability version the server refuses (400), so the client sends one.
+        let plain = reqwest::get(format!("{}/key", hs.url)).await.unwrap();
+        assert_eq!(plain.status().as_u16(), 400);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
 async fn a_wrong_key_is_unauthorized() {
     on_every_version(|hs| async move {
         let bad = Client::new(&hs.url, SecretString::new("hskey-api-xxxxxxxxxxxx-yyyy")).unwrap();

@@ -951,6 +951,12 @@ pub struct NodeInventory {
     /// Why pruning is holding back, e.g. during the restart grace period.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pruning_held: Option<String>,
+    /// The Headscale instance the audit reached: its noise public key (`mkey:…`, public,
+    /// from `GET /key`), the same whatever URL reaches it. HeadscaleServers with the
+    /// same instance key (or the same endpoint) share one Headscale, and their audits
+    /// only count. Absent until the first audit that could read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_key: Option<String>,
 }
 
 /// One node, as the audit reports it.

@@ -21,9 +21,13 @@ use tokio::time::Instant;
 
 use super::error::{Error, redact};
 use super::limiter::Limiter;
-use super::models::{Health, VersionInfo};
+use super::models::{Health, ServerKey, VersionInfo};
 use super::version::{ApiShape, Version};
 use crate::secret::SecretString;
+
+/// The Tailscale capability version `GET /key` is asked with: any noise-era client
+/// (28 or later) gets the noise key.
+const NOISE_CAPABILITY_VERSION: u32 = 106;
 
 /// How the client treats the server. The defaults suit a controller: a handful of
 /// calls per reconcile, at most ~20 authenticated requests per second.
@@ -111,6 +115,8 @@ struct Inner {
     version: RwLock<Option<Version>>,
     /// When a request last failed transiently (unreachable, timeout, 5xx), retried or not.
     last_transient_error: RwLock<Option<jiff::Timestamp>>,
+    /// The instance key ([`Client::instance_key`]) and when it was read.
+    instance_key: RwLock<Option<(String, jiff::Timestamp)>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -242,6 +248,7 @@ impl Client {
                 config,
                 version: RwLock::new(None),
                 last_transient_error: RwLock::new(None),
+                instance_key: RwLock::new(None),
             }),
         })
     }
@@ -299,6 +306,50 @@ impl Client {
         };
         let shape = ApiShape::for_version(&version);
         Ok((version, shape))
+    }
+
+    /// `GET /key?v=106`: the server's noise public key (`mkey:…`), which identifies the
+    /// Headscale instance whatever URL reaches it. Unauthenticated; a capability version
+    /// is required (0.27–0.29 answer 400 without one, and nothing below 28, the first
+    /// noise version). Cached: it changes only when the server's noise key file does,
+    /// so it is read again only after a transient error (a possible restart) since.
+    pub async fn instance_key(&self) -> Result<String, Error> {
+        let cached = self
+            .inner
+            .instance_key
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        if let Some((key, read_at)) = cached
+            && self.last_transient_error().is_none_or(|t| t < read_at)
+        {
+            return Ok(key);
+        }
+        let read_at = jiff::Timestamp::now();
+        let answer: ServerKey = self
+            .call(
+                Call::get("get server key", &["key"])
+                    .query("v", NOISE_CAPABILITY_VERSION)
+                    .unauthenticated(),
+            )
+            .await?;
+        let key = answer.public_key;
+        let valid = key.strip_prefix("mkey:").is_some_and(|hex| {
+            hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) && hex.bytes().any(|b| b != b'0')
+        });
+        if !valid {
+            return Err(Error::UnexpectedResponse {
+                op: "get server key",
+                status: 200,
+                message: "publicKey is not a machine public key (mkey: and 64 hex digits)".into(),
+            });
+        }
+        *self
+            .inner
+            .instance_key
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((key.clone(), read_at));
+        Ok(key)
     }
 
     /// `GET /api/v1/health` (authenticated; it also pings the database).

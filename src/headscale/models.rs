@@ -97,6 +97,15 @@ pub struct VersionInfo {
     pub commit: String,
 }
 
+/// `GET /key?v=<capability version>`: the server's noise public key, which Tailscale
+/// clients fetch before registering. Unauthenticated.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerKey {
+    /// `mkey:` and 64 hex digits.
+    pub public_key: String,
+}
+
 /// `GET /api/v1/health`.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]

@@ -308,6 +308,22 @@ pub fn hold(audit: &mut Audit, why: &str) {
     });
 }
 
+/// Whether an audit that would expire or delete may act at `now`, when the last audit
+/// of this server that acted did so at `last_acted`: audits that act are at least
+/// `every` (`--resync-seconds`) apart, whatever triggers them (an approval changed by
+/// anyone who may annotate it, say), so `maxDeletionsPerRun` bounds deletions per
+/// resync and not per trigger. `None`: act now; `Some(t)`: only count, act at `t`.
+/// Pure.
+pub fn acting_held_until(
+    last_acted: Option<Timestamp>,
+    now: Timestamp,
+    every: Duration,
+) -> Option<Timestamp> {
+    let last = last_acted?;
+    let next = last.checked_add(span(every)).unwrap_or(Timestamp::MAX);
+    (now < next).then_some(next)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,6 +334,27 @@ mod tests {
     }
 
     const NOW: &str = "2026-06-01T00:00:00Z";
+
+    #[test]
+    fn audits_that_act_are_a_resync_apart() {
+        let every = Duration::from_secs(60);
+        assert_eq!(acting_held_until(None, t(NOW), every), None, "never acted");
+        let last = t("2026-05-31T23:59:30Z");
+        assert_eq!(
+            acting_held_until(Some(last), t(NOW), every),
+            Some(t("2026-06-01T00:00:30Z")),
+            "30 s after acting: only counts, until a resync after it"
+        );
+        assert_eq!(
+            acting_held_until(Some(last), t("2026-06-01T00:00:30Z"), every),
+            None
+        );
+        assert_eq!(
+            acting_held_until(Some(last), t("2026-06-01T00:05:00Z"), every),
+            None
+        );
+        assert!(acting_held_until(Some(last), t(NOW), Duration::MAX).is_some());
+    }
 
     #[test]
     fn a_brand_new_node_is_not_judged_yet() {

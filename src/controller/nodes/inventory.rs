@@ -87,6 +87,9 @@ pub struct Seen {
     watched: audit::Watched,
     /// The warnings of the last audit (an Event only when they change).
     warnings: Vec<String>,
+    /// When an audit of this server last expired or deleted (or tried to): the next
+    /// may act a resync later ([`audit::acting_held_until`]).
+    acted: Option<Timestamp>,
 }
 
 #[derive(Default)]
@@ -166,34 +169,85 @@ fn endpoints(hs: &HeadscaleServer) -> HashSet<String> {
         .collect()
 }
 
-/// The other HeadscaleServer objects (`namespace/name`, sorted) that point at the same
-/// Headscale as `hs`. Each would count the other's approved nodes as unexpected, so
-/// neither audit may act on them. Pure.
-pub fn sharing_endpoint(hs: &HeadscaleServer, all: &[Arc<HeadscaleServer>]) -> Vec<String> {
+/// The instance key a server's last audit recorded (`status.nodes.instanceKey`).
+fn recorded_instance_key(hs: &HeadscaleServer) -> Option<&str> {
+    hs.status
+        .as_ref()
+        .and_then(|s| s.nodes.as_ref())
+        .and_then(|n| n.instance_key.as_deref())
+        .filter(|k| !k.is_empty())
+}
+
+/// The other HeadscaleServer objects (`namespace/name`, sorted) that may reach the same
+/// Headscale as `hs`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sharing {
+    /// Same endpoint (URL key), or the same instance key as `instance_key`.
+    pub shared: Vec<String>,
+    /// Reachable (Ready, with an endpoint) but no instance key recorded yet: they may
+    /// reach it by another URL.
+    pub unidentified: Vec<String>,
+}
+
+/// Which other servers share the Headscale of `hs`, whose instance key (read from the
+/// server, `GET /key`) is `instance_key`. Each would count the other's approved nodes
+/// as unexpected, so neither audit may act on them. The URL comparison stays: it
+/// works before any instance key is known. Pure.
+pub fn sharing_headscale(
+    hs: &HeadscaleServer,
+    all: &[Arc<HeadscaleServer>],
+    instance_key: Option<&str>,
+) -> Sharing {
     let mine = endpoints(hs);
-    if mine.is_empty() {
-        return Vec::new();
-    }
     let me = (hs.namespace(), hs.name_any());
-    let mut others: Vec<String> = all
+    let mut out = Sharing::default();
+    for o in all
         .iter()
         .filter(|o| (o.namespace(), o.name_any()) != me)
         .filter(|o| o.metadata.deletion_timestamp.is_none())
-        .filter(|o| !endpoints(o).is_disjoint(&mine))
-        .map(|o| object_key(&**o))
-        .collect();
-    others.sort();
-    others.dedup();
-    others
+    {
+        let theirs = recorded_instance_key(o);
+        if (!mine.is_empty() && !endpoints(o).is_disjoint(&mine))
+            || (instance_key.is_some() && theirs == instance_key)
+        {
+            out.shared.push(object_key(&**o));
+        } else if theirs.is_none() && reachable(o).is_ok() {
+            out.unidentified.push(object_key(&**o));
+        }
+    }
+    for v in [&mut out.shared, &mut out.unidentified] {
+        v.sort();
+        v.dedup();
+    }
+    out
 }
 
 /// What the audit says when `others` point at the same Headscale as this server.
 pub fn shared_endpoint_message(others: &[String]) -> String {
     format!(
-        "HeadscaleServer {} points at the same Headscale (same endpoint): each would count the other's approved nodes as unexpected, so this audit only counts (no expire, delete or prune) until one HeadscaleServer per Headscale is left",
+        "HeadscaleServer {} points at the same Headscale (same endpoint or same instance key): each would count the other's approved nodes as unexpected, so this audit only counts (no expire, delete or prune) until one HeadscaleServer per Headscale is left",
         others.join(", ")
     )
 }
+
+/// What the audit says when `others` have not recorded which Headscale they reach.
+pub fn unidentified_message(others: &[String]) -> String {
+    format!(
+        "HeadscaleServer {} has not recorded which Headscale it reaches yet (status.nodes.instanceKey) and may reach this one by another URL, so this audit only counts (no expire, delete or prune) until it has",
+        others.join(", ")
+    )
+}
+
+/// What the audit says when this server's own instance key could not be read.
+pub fn unknown_instance_message(error: &headscale::Error) -> String {
+    format!(
+        "the Headscale instance key could not be read ({error}): another HeadscaleServer may reach the same Headscale by another URL, so this audit only counts (no expire, delete or prune) until it can be"
+    )
+}
+
+/// What the audit says when it would act but an audit of this server acted less than
+/// `--resync-seconds` ago.
+pub const THROTTLED: &str = "an audit of this server expired or deleted nodes less than --resync-seconds ago: this one only counts, the next acts when that much time has passed";
 
 /// A node read again before pruning is still what the audit judged: offline, and not
 /// seen since.
@@ -238,7 +292,14 @@ async fn reconcile_inner(hs: &HeadscaleServer, state: &State) -> Result<Action, 
     {
         return Ok(Action::requeue(audit::SETTLE));
     }
-    let shared = sharing_endpoint(hs, &state.servers.state());
+    // Which Headscale this is, whatever URL reaches it: the same one may be another
+    // HeadscaleServer's by another URL (localhost, the in-cluster Service, ...).
+    let instance_key = client.instance_key().await;
+    let sharing = sharing_headscale(
+        hs,
+        &state.servers.state(),
+        instance_key.as_ref().ok().map(String::as_str),
+    );
     let approvals: Api<NodeApproval> = Api::namespaced(ctx.client.clone(), &ns);
     let approvals = approvals
         .list(&ListParams::default())
@@ -251,13 +312,23 @@ async fn reconcile_inner(hs: &HeadscaleServer, state: &State) -> Result<Action, 
 
     let policy = Policy::from_spec(&hs.spec.nodes);
     let mut warnings: Vec<(&'static str, String)> = Vec::new();
-    if !shared.is_empty() {
-        warnings.push(("SharedEndpoint", shared_endpoint_message(&shared)));
+    // Why this audit may not act at all (it only counts).
+    let mut holds: Vec<String> = Vec::new();
+    if !sharing.shared.is_empty() {
+        warnings.push(("SharedEndpoint", shared_endpoint_message(&sharing.shared)));
+        holds.push(shared_endpoint_message(&sharing.shared));
+    }
+    if let Err(e) = &instance_key {
+        warnings.push(("InstanceKeyUnknown", unknown_instance_message(e)));
+        holds.push(unknown_instance_message(e));
+    } else if !sharing.unidentified.is_empty() {
+        warnings.push(("InstanceKeyUnknown", unidentified_message(&sharing.unidentified)));
+        holds.push(unidentified_message(&sharing.unidentified));
     }
     for p in &policy.problems {
         warnings.push(("InvalidNodesSpec", p.clone()));
     }
-    let (result, new_unexpected, new_warnings) = {
+    let (result, new_unexpected, new_warnings, acting_held) = {
         let mut memory = state.audits.0.lock().unwrap_or_else(|p| p.into_inner());
         let seen = memory.entry(key.clone()).or_insert_with(|| Seen {
             first: now,
@@ -266,6 +337,7 @@ async fn reconcile_inner(hs: &HeadscaleServer, state: &State) -> Result<Action, 
             unexpected: HashSet::new(),
             watched: audit::Watched::new(),
             warnings: Vec::new(),
+            acted: None,
         });
         let online = nodes.iter().filter(|n| n.online).count() as i64;
         if seen.online > 0 && online == 0 && !nodes.is_empty() {
@@ -276,9 +348,21 @@ async fn reconcile_inner(hs: &HeadscaleServer, state: &State) -> Result<Action, 
         // than the probe) still failed some request of this client, maybe one a retry hid.
         let quiet = quiet_since(hs, seen).max(client.last_transient_error().unwrap_or(seen.first));
         let mut result = audit::audit_watched(&nodes, &expected, &policy, now, quiet, Some(&seen.watched));
-        if !shared.is_empty() {
-            audit::hold(&mut result, &shared_endpoint_message(&shared));
+        if !holds.is_empty() {
+            audit::hold(&mut result, &holds.join("; "));
         }
+        // Audits that act are a resync apart, whatever triggered this one.
+        let mut acting_held = None;
+        if !result.expire.is_empty() || !result.delete.is_empty() {
+            match audit::acting_held_until(seen.acted, now, ctx.settings.resync) {
+                None => seen.acted = Some(now),
+                Some(until) => {
+                    audit::hold(&mut result, THROTTLED);
+                    acting_held = Some(until);
+                }
+            }
+        }
+        result.inventory.instance_key = instance_key.as_ref().ok().cloned();
         let candidates: HashSet<NodeId> = result.candidates.iter().copied().collect();
         seen.watched.retain(|id, _| candidates.contains(id));
         for id in candidates {
@@ -295,7 +379,7 @@ async fn reconcile_inner(hs: &HeadscaleServer, state: &State) -> Result<Action, 
             .cloned()
             .collect();
         seen.warnings = said;
-        (result, new, new_warnings)
+        (result, new, new_warnings, acting_held)
     };
 
     let by_id: HashMap<NodeId, &headscale::Node> = nodes.iter().map(|n| (n.id, n)).collect();
@@ -336,13 +420,15 @@ async fn reconcile_inner(hs: &HeadscaleServer, state: &State) -> Result<Action, 
             secondary: None,
         });
     }
-    let acting = if shared.is_empty() {
-        format!("spec.nodes.unexpected: {:?}", policy.unexpected)
-    } else {
+    let acting = if !sharing.shared.is_empty() {
         format!(
-            "not acted on: HeadscaleServer {} has the same endpoint",
-            shared.join(", ")
+            "not acted on: HeadscaleServer {} reaches the same Headscale",
+            sharing.shared.join(", ")
         )
+    } else if !holds.is_empty() {
+        "not acted on: which Headscale other HeadscaleServers reach is not known yet".to_string()
+    } else {
+        format!("spec.nodes.unexpected: {:?}", policy.unexpected)
     };
     const EVENT_CAP: usize = 10;
     for id in new_unexpected.iter().take(EVENT_CAP) {
@@ -485,11 +571,17 @@ async fn reconcile_inner(hs: &HeadscaleServer, state: &State) -> Result<Action, 
             now.duration_since(c) < jiff::SignedDuration::try_from(audit::SETTLE).unwrap_or_default()
         })
     });
-    Ok(Action::requeue(if settling {
+    let mut next = if settling {
         ctx.settings.resync.min(audit::SETTLE)
     } else {
         ctx.settings.resync
-    }))
+    };
+    // Held from acting: again as soon as it may act.
+    if let Some(until) = acting_held {
+        let wait = std::time::Duration::try_from(until.duration_since(Timestamp::now())).unwrap_or_default();
+        next = next.min(wait.max(std::time::Duration::from_millis(500)));
+    }
+    Ok(Action::requeue(next))
 }
 
 pub fn error_policy(hs: Arc<HeadscaleServer>, error: &Error, state: Arc<State>) -> Action {
@@ -546,12 +638,34 @@ mod tests {
     }
 
     fn server(ns: &str, name: &str, url: &str, endpoint: Option<&str>) -> Arc<HeadscaleServer> {
+        identified(ns, name, url, endpoint, None, false)
+    }
+
+    /// A server with `instance_key` recorded, Ready or not.
+    fn identified(
+        ns: &str,
+        name: &str,
+        url: &str,
+        endpoint: Option<&str>,
+        instance_key: Option<&str>,
+        ready: bool,
+    ) -> Arc<HeadscaleServer> {
+        let conditions = if ready {
+            json!([{"type": "Ready", "status": "True", "reason": "Ready", "message": "",
+                    "lastTransitionTime": "2026-01-01T00:00:00Z"}])
+        } else {
+            json!([])
+        };
+        let nodes = instance_key.map(|k| {
+            json!({"total": 0, "online": 0, "expiringSoon": 0, "expired": 0, "stale": 0,
+                   "unexpected": 0, "instanceKey": k})
+        });
         Arc::new(
             serde_json::from_value(json!({
                 "apiVersion": "headscale.operator.dev/v1alpha1", "kind": "HeadscaleServer",
                 "metadata": {"name": name, "namespace": ns},
                 "spec": {"external": {"url": url, "apiKeySecretRef": {"name": "k"}}},
-                "status": {"endpoint": endpoint},
+                "status": {"endpoint": endpoint, "conditions": conditions, "nodes": nodes},
             }))
             .unwrap(),
         )
@@ -588,19 +702,81 @@ mod tests {
             ),
         ];
         assert_eq!(
-            sharing_endpoint(&a, &all),
+            sharing_headscale(&a, &all, None).shared,
             vec!["team-b/corp".to_string(), "team-d/late".to_string()],
             "same scheme, host and port, whatever the case and the trailing slash"
         );
-        assert!(
-            sharing_endpoint(&a, std::slice::from_ref(&a)).is_empty(),
+        assert_eq!(
+            sharing_headscale(&a, std::slice::from_ref(&a), None),
+            Sharing::default(),
             "not itself"
         );
-        let m = shared_endpoint_message(&sharing_endpoint(&a, &all));
+        let m = shared_endpoint_message(&sharing_headscale(&a, &all, None).shared);
         assert!(
             m.contains("team-b/corp") && m.contains("no expire, delete or prune"),
             "{m}"
         );
+    }
+
+    #[test]
+    fn servers_reaching_the_same_headscale_by_other_urls_are_found_by_instance_key() {
+        const K: &str = "mkey:2b3b65e3f6ad6627535e8ad237c11061d8a28d78607b5ca4c28841dcb6f02f47";
+        const OTHER: &str = "mkey:9ca17e756cd263d47a43e339e25d8c331ab3b57a140f94fafa427797eb70b46a";
+        let me = identified(
+            "a",
+            "corp",
+            "http://127.0.0.1:8080",
+            Some("http://127.0.0.1:8080"),
+            Some(K),
+            true,
+        );
+        let all = vec![
+            me.clone(),
+            // The same Headscale by another name, and by its in-cluster Service.
+            identified(
+                "b",
+                "alias",
+                "http://localhost:8080",
+                Some("http://localhost:8080"),
+                Some(K),
+                true,
+            ),
+            identified(
+                "c",
+                "svc",
+                "http://hs.c.svc:8080",
+                Some("http://hs.c.svc:8080"),
+                Some(K),
+                false,
+            ),
+            // Another Headscale.
+            identified(
+                "d",
+                "other",
+                "http://other:8080",
+                Some("http://other:8080"),
+                Some(OTHER),
+                true,
+            ),
+            // Ready, but which Headscale it reaches is not known yet: may be this one.
+            identified(
+                "e",
+                "new",
+                "https://hs.example.com",
+                Some("https://hs.example.com"),
+                None,
+                true,
+            ),
+            // Not Ready and unknown: it cannot act either; only its URL counts.
+            identified("f", "broken", "http://x:1", None, None, false),
+        ];
+        let s = sharing_headscale(&me, &all, Some(K));
+        assert_eq!(s.shared, vec!["b/alias".to_string(), "c/svc".to_string()]);
+        assert_eq!(s.unidentified, vec!["e/new".to_string()]);
+        // Own key unknown: only the URL comparison finds sharing.
+        let s = sharing_headscale(&me, &all, None);
+        assert!(s.shared.is_empty(), "{s:?}");
+        assert!(unidentified_message(&["e/new".into()]).contains("no expire, delete or prune"));
     }
 
     #[test]
@@ -621,6 +797,7 @@ mod tests {
             unexpected: HashSet::new(),
             watched: audit::Watched::new(),
             warnings: Vec::new(),
+            acted: None,
         };
         assert_eq!(quiet_since(&hs, &seen), t("2026-01-01T00:10:00Z"));
         seen.all_offline_at = Some(t("2026-01-01T00:20:00Z"));
