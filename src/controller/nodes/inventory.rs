@@ -318,13 +318,14 @@ async fn reconcile_inner(hs: &HeadscaleServer, state: &State) -> Result<Action, 
         warnings.push(("SharedEndpoint", shared_endpoint_message(&sharing.shared)));
         holds.push(shared_endpoint_message(&sharing.shared));
     }
-    if let Err(e) = &instance_key {
-        warnings.push(("InstanceKeyUnknown", unknown_instance_message(e)));
-        holds.push(unknown_instance_message(e));
-    } else if !sharing.unidentified.is_empty() {
-        warnings.push(("InstanceKeyUnknown", unidentified_message(&sharing.unidentified)));
-        holds.push(unidentified_message(&sharing.unidentified));
-    }
+    // Not knowing which Headscale this is (or another Ready server's) holds only an
+    // audit that would act: otherwise servers coming and going would rewrite every
+    // idle server's status for nothing.
+    let unidentified = match &instance_key {
+        Err(e) => Some(unknown_instance_message(e)),
+        Ok(_) if !sharing.unidentified.is_empty() => Some(unidentified_message(&sharing.unidentified)),
+        Ok(_) => None,
+    };
     for p in &policy.problems {
         warnings.push(("InvalidNodesSpec", p.clone()));
     }
@@ -348,6 +349,12 @@ async fn reconcile_inner(hs: &HeadscaleServer, state: &State) -> Result<Action, 
         // than the probe) still failed some request of this client, maybe one a retry hid.
         let quiet = quiet_since(hs, seen).max(client.last_transient_error().unwrap_or(seen.first));
         let mut result = audit::audit_watched(&nodes, &expected, &policy, now, quiet, Some(&seen.watched));
+        if let Some(message) = unidentified
+            && (!result.expire.is_empty() || !result.delete.is_empty())
+        {
+            warnings.push(("InstanceKeyUnknown", message.clone()));
+            holds.push(message);
+        }
         if !holds.is_empty() {
             audit::hold(&mut result, &holds.join("; "));
         }
