@@ -558,6 +558,16 @@ async fn servers_with_one_name_in_two_namespaces_and_two_in_one_do_not_collide()
     wait_reason(&client, &ns2, "a", "ApiKeyPending").await;
 }
 
+/// The API server's refusal of creating `obj` in `ns`, as text.
+async fn refused_at_create(client: &kube::Client, ns: &str, obj: serde_json::Value) -> String {
+    let hs: HeadscaleServer = serde_json::from_value(obj).unwrap();
+    Api::<HeadscaleServer>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &hs)
+        .await
+        .expect_err("refused")
+        .to_string()
+}
+
 #[tokio::test]
 async fn bad_managed_specs_are_refused_and_change_nothing() {
     let client = admin_client().await;
@@ -565,24 +575,16 @@ async fn bad_managed_specs_are_refused_and_change_nothing() {
     let class = volume_for(&client, &ns).await;
 
     // A version managed mode does not run: refused by the API server.
-    let hs: HeadscaleServer =
-        serde_json::from_value(managed("old", &ns, "0.27.1", &class, json!({}))).unwrap();
-    let err = Api::<HeadscaleServer>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &hs)
-        .await
-        .expect_err("0.27 is refused");
-    assert!(
-        err.to_string().contains("0.28") && err.to_string().contains("0.29"),
-        "{err}"
-    );
+    let err = refused_at_create(&client, &ns, managed("old", &ns, "0.27.1", &class, json!({}))).await;
+    assert!(err.contains("0.28") && err.contains("0.29"), "{err}");
     // Two replicas: refused with the reason.
-    let hs: HeadscaleServer =
-        serde_json::from_value(managed("two", &ns, "0.29.2", &class, json!({"replicas": 2}))).unwrap();
-    let err = Api::<HeadscaleServer>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &hs)
-        .await
-        .expect_err("2 replicas are refused");
-    assert!(err.to_string().contains("replicas must be 1"), "{err}");
+    let err = refused_at_create(
+        &client,
+        &ns,
+        managed("two", &ns, "0.29.2", &class, json!({"replicas": 2})),
+    )
+    .await;
+    assert!(err.contains("replicas must be 1"), "{err}");
 
     // Postgres whose password Secret does not exist: reported, nothing created.
     create_server(
@@ -681,13 +683,13 @@ async fn bad_managed_specs_are_refused_and_change_nothing() {
 
     // A name that cannot be a Service name: refused by the schema, nothing is created
     // (the other cases the schema refuses are in e2e.rs).
-    let hs: HeadscaleServer =
-        serde_json::from_value(managed("my.server", &ns, "0.29.2", &class, json!({}))).unwrap();
-    let err = Api::<HeadscaleServer>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &hs)
-        .await
-        .expect_err("a dotted name is refused");
-    assert!(err.to_string().contains("DNS label"), "{err}");
+    let err = refused_at_create(
+        &client,
+        &ns,
+        managed("my.server", &ns, "0.29.2", &class, json!({})),
+    )
+    .await;
+    assert!(err.contains("DNS label"), "{err}");
 
     // A resource quantity the API server cannot decode (it would answer 500, forever):
     // refused by validation, naming the field.

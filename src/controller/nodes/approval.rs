@@ -1456,13 +1456,15 @@ mod tests {
 
     use crate::headscale::fake_server::{FakeServer, Reply};
 
-    const API_KEY: &str =
-        "hskey-api-abcdefghijkl-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    /// A made-up key of the right shape (built, so it never looks like a committed one).
+    fn api_key() -> String {
+        format!("hskey-api-{}-{}", "a".repeat(12), "0".repeat(64))
+    }
 
     fn fake_client(url: &str) -> headscale::Client {
         headscale::Client::with_config(
             url,
-            SecretString::new(API_KEY),
+            SecretString::new(api_key()),
             headscale::ClientConfig {
                 timeout: Duration::from_millis(500),
                 min_interval: Duration::ZERO,
